@@ -1,0 +1,106 @@
+"""Engines, sessions and migrations for the feedback store.
+
+SQLite is the embedded default (WAL, so readers never block the writer, and a busy
+timeout, so concurrent writers wait instead of failing); PostgreSQL is the production
+database (`postgresql+psycopg://…`). The schema is owned by Alembic migrations.
+"""
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlmodel import Session, create_engine
+
+from feedback.errors import StoreError
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`, checked by connecting once (a bad URL fails here, clearly)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        hidden = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        raise StoreError(
+            f"not a database URL: {hidden!r} (try sqlite:///path/flywheel.db)") from None
+    safe = parsed.render_as_string(hide_password=True)
+    if parsed.drivername in ("postgres", "postgresql"):  # would pick psycopg2, or fail
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    kwargs = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the folder for {safe}: {e.strerror}") from None
+        kwargs["connect_args"] = {"check_same_thread": False}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (NoSuchModuleError, ArgumentError, ImportError) as e:
+        raise StoreError(f"unsupported database URL {safe!r}: {e}") from None
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as e:
+        reason = str(e.orig if getattr(e, "orig", None) else e).strip().splitlines()[0]
+        engine.dispose()
+        raise StoreError(f"cannot connect to {safe}: {reason}") from None
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One unit of work: committed if the block succeeds, rolled back if it raises."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema up to `revision` (idempotent; run on every start)."""
+    command.upgrade(alembic_config(engine), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+
+def open_store(url: str) -> Engine:
+    """Connect and migrate: what every command and process does on start."""
+    engine = make_engine(url)
+    upgrade(engine)
+    return engine

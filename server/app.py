@@ -1,0 +1,82 @@
+"""The FastAPI app: serving objects are built once in the lifespan, routers stay thin."""
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from feedback.db import open_store
+from flywheel.adapter_store import AdapterStore
+from flywheel.model_loading import LoadedModel, load_model
+from flywheel.settings import Settings
+from server.adapters import AdapterManager
+from server.chat import ChatService
+from server.engine import GenerationEngine
+from server.errors import install_error_handlers
+from server.limits import RateLimiter
+from server.metrics import Metrics
+from server.routes import (
+    chat_ws,
+    comparisons,
+    conversations,
+    flags,
+    openai,
+    operations,
+    ratings,
+    rewrites,
+)
+
+log = logging.getLogger(__name__)
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def create_app(settings: Settings | None = None, *, model: LoadedModel | None = None) -> FastAPI:
+    """The server. `model` skips loading (tests hand in a tiny one)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        db = open_store(settings.db_url)
+        loaded = model or load_model(settings.model, models_dir=settings.models_dir)
+        engine = GenerationEngine(loaded.model, loaded.tokenizer, max_batch=settings.max_batch,
+                                  max_context=loaded.max_context)
+        engine.start()
+        metrics = Metrics()
+        adapters = AdapterManager(engine=engine, store=AdapterStore(settings.adapters_dir),
+                                  db=db, base_name=_base_name(settings.model))
+        await adapters.sync()
+        settings.secret_key = settings.resolved_secret_key()
+        app.state.settings = settings
+        app.state.db = db
+        app.state.is_demo = loaded.is_demo
+        app.state.metrics = metrics
+        app.state.adapters = adapters
+        app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        app.state.chat = ChatService(db=db, engine=engine, tokenizer=loaded.tokenizer,
+                                     adapters=adapters, metrics=metrics,
+                                     max_context=loaded.max_context)
+        log.info("serving %s%s", settings.model, " (random-weight demo model)"
+                 if loaded.is_demo else "")
+        try:
+            yield
+        finally:
+            engine.stop()
+            db.dispose()
+
+    app = FastAPI(title="Flywheel", version="0.1.0", lifespan=lifespan,
+                  summary="Chat, vote, and the model gets better.")
+    install_error_handlers(app)
+    for module in (operations, chat_ws, openai, conversations, ratings, comparisons,
+                   rewrites, flags):
+        app.include_router(module.router)
+    if (WEB_DIR / "index.html").exists():
+        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    return app
+
+
+def _base_name(model: str) -> str:
+    """The base model's API name: `demo`, a hub id, or a local directory's name."""
+    path = Path(model)
+    return path.name if path.exists() else model

@@ -1,0 +1,158 @@
+"""The chat service both front doors share (websocket and OpenAI API): fit a conversation
+into the model's window, stream an answer from the engine, and record it."""
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from feedback.db import session_scope
+from feedback.queries import conversations as convs
+from feedback.queries import votes
+from server.adapters import AdapterManager
+from server.engine import Event, Finished, GenerationEngine, Token
+from server.errors import APIError
+from server.metrics import Metrics
+from server.sampling import SamplingParams
+
+
+@dataclass
+class Answer:
+    """One finished answer, as recorded."""
+
+    message_id: int
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    adapter_version: str | None
+    extra: dict = field(default_factory=dict)
+
+
+class ChatService:
+    def __init__(self, *, db: Engine, engine: GenerationEngine, tokenizer,
+                 adapters: AdapterManager, metrics: Metrics, max_context: int):
+        self.db, self.engine, self.tokenizer = db, engine, tokenizer
+        self.adapters, self.metrics, self.max_context = adapters, metrics, max_context
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def prompt_ids(self, messages: list[dict], max_tokens: int) -> list[int]:
+        """The chat-templated prompt. Turns beyond the model's window are dropped oldest
+        first (a system prompt is kept); the answer keeps room for `max_tokens`."""
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        turns = messages[len(system):]
+        budget = self.max_context - min(max_tokens, self.max_context // 2)
+        while True:
+            ids = self.tokenizer.apply_chat_template(
+                system + turns, add_generation_prompt=True, tokenize=True, return_dict=False)
+            if len(ids) <= budget:
+                return list(ids)
+            if len(turns) <= 1:
+                raise APIError(413, f"the message needs {len(ids)} tokens; the model's window "
+                               f"leaves room for {budget}", code="context_length_exceeded")
+            turns = _drop_oldest_exchange(turns)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def stream(self, prompt_ids: list[int], params: SamplingParams,
+                     adapter_version: str | None) -> AsyncIterator[Event]:
+        """Engine events for one answer, timed into the metrics."""
+        started = time.perf_counter()
+        first_token_at = None
+        self.metrics.active_streams.inc()
+        try:
+            async for event in self.engine.generate(
+                    prompt_ids, params, self.adapters.engine_name(adapter_version)):
+                if first_token_at is None and isinstance(event, Token):
+                    first_token_at = time.perf_counter()
+                    self.metrics.time_to_first_token.observe(first_token_at - started)
+                if isinstance(event, Finished) and first_token_at is not None:
+                    elapsed = time.perf_counter() - first_token_at
+                    if event.completion_tokens > 1 and elapsed > 0:
+                        self.metrics.tokens_per_second.observe(
+                            (event.completion_tokens - 1) / elapsed)
+                    self.metrics.completion_tokens.inc(event.completion_tokens)
+                yield event
+        finally:
+            self.metrics.active_streams.dec()
+
+    # -- records (blocking; call through asyncio.to_thread) ----------------------------------
+
+    def record_user_turn(self, *, user_id: int, content: str, conversation_id: int | None,
+                         parent_id: int | None, source: str) -> tuple[int, int, list[dict]]:
+        """Store the user's turn; returns (conversation id, message id, the thread)."""
+        with session_scope(self.db) as session:
+            if conversation_id is None:
+                if parent_id is not None:
+                    raise APIError(422, "parent_id needs its conversation_id")
+                conversation_id = convs.create_conversation(
+                    session, user_id=user_id, title=content[:80], source=source).id
+            else:
+                convs.get_conversation(session, conversation_id=conversation_id,
+                                       user_id=user_id)
+                if parent_id is None:
+                    parent_id = _last_message_id(session, conversation_id)
+            message = convs.add_message(session, conversation_id=conversation_id,
+                                        role="user", content=content, parent_id=parent_id)
+            thread = convs.message_path(session, message_id=message.id)
+            return conversation_id, message.id, [_as_chat(m) for m in thread]
+
+    def record_messages(self, *, user_id: int, messages: list[dict], source: str) -> int:
+        """Store a whole conversation sent at once (the OpenAI API); returns the last id."""
+        with session_scope(self.db) as session:
+            first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
+            conversation = convs.create_conversation(session, user_id=user_id,
+                                                     title=first_user[:80], source=source)
+            parent_id = None
+            for m in messages:
+                parent_id = convs.add_message(session, conversation_id=conversation.id,
+                                              role=m["role"], content=m["content"],
+                                              parent_id=parent_id).id
+            return parent_id
+
+    def record_answer(self, *, prompt_message_id: int, finished: Finished,
+                      params: SamplingParams, adapter_version: str | None,
+                      latency_ms: float) -> Answer:
+        with session_scope(self.db) as session:
+            prompt = convs.get_message(session, message_id=prompt_message_id)
+            message = convs.add_message(
+                session, conversation_id=prompt.conversation_id, role="assistant",
+                content=finished.text, parent_id=prompt_message_id,
+                adapter_version=adapter_version,
+                sampling={"temperature": params.temperature, "top_p": params.top_p,
+                          "max_tokens": params.max_tokens, "stop": list(params.stop)},
+                seed=params.seed, prompt_tokens=finished.prompt_tokens,
+                completion_tokens=finished.completion_tokens,
+                finish_reason=finished.reason, latency_ms=latency_ms)
+            return Answer(message.id, finished.text, finished.reason, finished.prompt_tokens,
+                          finished.completion_tokens, adapter_version)
+
+    def record_comparison(self, *, user_id: int, prompt_message_id: int,
+                          candidate_ids: list[int]) -> int:
+        with session_scope(self.db) as session:
+            return votes.create_comparison(session, user_id=user_id,
+                                           prompt_message_id=prompt_message_id,
+                                           candidate_ids=candidate_ids).id
+
+
+def _drop_oldest_exchange(turns: list[dict]) -> list[dict]:
+    """Drop the oldest turn, and then up to the next user turn, so the prompt still
+    starts with the user."""
+    rest = turns[1:]
+    while len(rest) > 1 and rest[0]["role"] != "user":
+        rest = rest[1:]
+    return rest
+
+
+def _last_message_id(session, conversation_id: int) -> int | None:
+    messages = convs.conversation_messages(session, conversation_id=conversation_id)
+    return messages[-1].id if messages else None
+
+
+def _as_chat(message) -> dict:
+    return {"role": str(message.role), "content": message.content}

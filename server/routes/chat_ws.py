@@ -1,0 +1,278 @@
+"""The websocket chat: streamed answers, side-by-side battles, and picks."""
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from dataclasses import replace
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from feedback.db import session_scope
+from feedback.errors import InvalidFeedback, NotFound
+from feedback.queries import conversations as convs
+from feedback.queries import votes
+from server import auth
+from server.chat import ChatService
+from server.engine import Failed, Finished, Token
+from server.errors import APIError, error_body
+from server.limits import check_capacity
+from server.sampling import SamplingParams
+
+router = APIRouter(tags=["chat"])
+
+
+class Sampling(BaseModel):
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: list[str] = Field(default_factory=list, max_length=4)
+    seed: int | None = None
+
+
+class UserTurn(BaseModel):
+    type: Literal["user_turn"]
+    content: str = Field(min_length=1)
+    conversation_id: int | None = None
+    parent_id: int | None = None
+    model: str | None = None
+    side_by_side: bool | None = None  # None: the server decides
+    params: Sampling = Field(default_factory=Sampling)
+
+
+class Pick(BaseModel):
+    type: Literal["pick"]
+    comparison_id: int
+    choice: Literal["a", "b", "tie", "both_bad"]
+
+
+class Stop(BaseModel):
+    type: Literal["stop"]
+
+
+Frame = TypeAdapter(Annotated[UserTurn | Pick | Stop, Field(discriminator="type")])
+
+
+@router.websocket("/api/chat")
+async def chat(websocket: WebSocket):
+    """Chat over one websocket. Every frame is a JSON object with a `type`.
+
+    Client → server:
+      {"type": "user_turn", "content": str, "conversation_id"?: int, "parent_id"?: int,
+       "model"?: str, "side_by_side"?: bool,
+       "params"?: {"temperature", "top_p", "max_tokens", "stop": [str], "seed"}}
+          Starts a turn. No conversation_id starts a new conversation. parent_id is the
+          message this turn follows (default: the picked, or the last, answer).
+      {"type": "pick", "comparison_id": int, "choice": "a" | "b" | "tie" | "both_bad"}
+          The verdict on a side-by-side turn; the picked answer continues the chat.
+      {"type": "stop"}
+          Stops the answer being generated (it ends with finish_reason "stop").
+
+    Server → client, for each turn:
+      {"type": "start", "conversation_id", "message_id" (the user turn),
+       "answers": ["a"] or ["a", "b"], "side_by_side": bool}
+      {"type": "token", "answer": "a" | "b", "text": str}          (many)
+      {"type": "end", "answer", "message_id", "adapter_version", "prompt_tokens",
+       "completion_tokens", "finish_reason"}                         (one per answer;
+       adapter_version is null in a side-by-side turn until the pick reveals it)
+      {"type": "done", "comparison_id": int | null}
+    and for a pick: {"type": "picked", "comparison_id", "choice", "continue_from": int,
+       "models": {"a": str, "b": str}}.
+    Errors never close the socket: {"type": "error", "error": {"message", "type",
+    "code"}} — the same shape as every HTTP error.
+    """
+    app = websocket.app
+    chat_service: ChatService = app.state.chat
+    user, cookie = await asyncio.to_thread(_authenticate, websocket)
+    if user is None:
+        await websocket.close(code=4401, reason="invalid API key")
+        return
+    await websocket.accept(headers=[(b"set-cookie", cookie.encode())] if cookie else None)
+    session = _ChatSession(websocket, chat_service, user.id)
+    try:
+        while True:
+            raw = await websocket.receive_text()
+            await session.handle(raw)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if session.turn is not None:
+            session.turn.cancel()  # frees the engine's slots at once
+
+
+def _authenticate(websocket: WebSocket):
+    settings = websocket.app.state.settings
+    with session_scope(websocket.app.state.db) as db_session:
+        try:
+            user = auth.authenticate(db_session, headers=websocket.headers,
+                                     cookies=websocket.cookies, secret=settings.secret_key)
+        except APIError:
+            return None, None
+        if user is not None:
+            return user, None
+        user = auth.new_anonymous_user(db_session)
+        return user, auth.cookie_header(user, settings.secret_key)
+
+
+class _ChatSession:
+    """One connection's state: the turn in flight and each conversation's head."""
+
+    def __init__(self, websocket: WebSocket, chat: ChatService, user_id: int):
+        self.ws, self.chat, self.user_id = websocket, chat, user_id
+        self.turn: asyncio.Task | None = None
+        self.stopping = False  # the user asked to stop the turn in flight
+        self.heads: dict[int, int] = {}  # conversation id -> the message to continue from
+        self.battles: dict[int, dict] = {}  # comparison id -> {label: (message id, version)}
+
+    async def handle(self, raw: str) -> None:
+        try:
+            frame = Frame.validate_python(json.loads(raw))
+        except (json.JSONDecodeError, ValidationError) as e:
+            return await self.error(422, _frame_error(e), "invalid_frame")
+        if isinstance(frame, Stop):
+            self.stopping = True
+        elif isinstance(frame, Pick):
+            await self.pick(frame)
+        elif self.turn is not None and not self.turn.done():
+            await self.error(409, "a turn is still streaming; send stop first", "busy")
+        else:
+            self.stopping = False
+            self.turn = asyncio.create_task(self.run_turn(frame))
+
+    async def error(self, status: int, message: str, code: str | None) -> None:
+        await self.ws.send_json({"type": "error", **error_body(status, message, code)})
+
+    async def run_turn(self, turn: UserTurn) -> None:
+        try:
+            await self._run_turn(turn)
+        except APIError as e:
+            await self.error(e.status, e.message, e.code)
+        except NotFound as e:
+            await self.error(404, str(e), "not_found")
+        except InvalidFeedback as e:
+            await self.error(422, str(e), "invalid_feedback")
+
+    async def _run_turn(self, turn: UserTurn) -> None:
+        state = self.ws.app.state
+        settings = state.settings
+        if len(turn.content) > settings.max_message_chars:
+            raise APIError(413, f"messages are limited to {settings.max_message_chars} "
+                           "characters", code="message_too_long")
+        adapter = state.adapters.resolve(turn.model)
+        answers = self._plan(turn, adapter)
+        state.rate_limiter.check(self.user_id)
+        check_capacity(self.chat.engine, settings.max_queue, cost=len(answers))
+        state.metrics.requests.labels("websocket").inc()
+        parent_id = turn.parent_id
+        if parent_id is None and turn.conversation_id is not None:
+            parent_id = self.heads.get(turn.conversation_id)
+        conversation_id, message_id, thread = await asyncio.to_thread(
+            self.chat.record_user_turn, user_id=self.user_id, content=turn.content,
+            conversation_id=turn.conversation_id, parent_id=parent_id, source="chat")
+        first = answers[0][2]
+        prompt_ids = self.chat.prompt_ids(thread, first.max_tokens)
+        side_by_side = len(answers) == 2
+        await self.ws.send_json({"type": "start", "conversation_id": conversation_id,
+                                 "message_id": message_id, "side_by_side": side_by_side,
+                                 "answers": [label for label, _, _ in answers]})
+        results = await asyncio.gather(*[
+            self._answer(label, version, params, prompt_ids, message_id, side_by_side)
+            for label, version, params in answers])
+        comparison_id = None
+        if side_by_side and all(results):
+            comparison_id = await asyncio.to_thread(
+                self.chat.record_comparison, user_id=self.user_id,
+                prompt_message_id=message_id, candidate_ids=[r.message_id for r in results])
+            self.battles[comparison_id] = {
+                label: (r.message_id, r.adapter_version)
+                for (label, _, _), r in zip(answers, results, strict=True)}
+        if results[0] is not None:
+            self.heads[conversation_id] = results[0].message_id
+        await self.ws.send_json({"type": "done", "comparison_id": comparison_id})
+
+    def _plan(self, turn: UserTurn, adapter: str | None):
+        """[(label, adapter version, sampling)]: one answer, or two for a side-by-side
+        pick — live vs a candidate while one is under evaluation, else two samples."""
+        settings = self.ws.app.state.settings
+        p = turn.params
+        params = SamplingParams(max_tokens=p.max_tokens or settings.max_new_tokens,
+                                temperature=p.temperature, top_p=p.top_p,
+                                stop=tuple(p.stop), seed=p.seed)
+        candidates = self.ws.app.state.adapters.candidates
+        wanted = turn.side_by_side
+        if wanted is None:
+            wanted = bool(candidates) or random.random() < settings.side_by_side_share
+        if not wanted:
+            return [("a", adapter, params)]
+        if candidates and turn.model is None:
+            pair = [(adapter, params), (random.choice(candidates), params)]
+        else:  # two samples of the same model, with different seeds
+            seed = p.seed if p.seed is not None else random.randrange(2**31)
+            temperature = params.temperature or 0.7
+            pair = [(adapter, replace(params, seed=seed, temperature=temperature)),
+                    (adapter, replace(params, seed=seed + 1, temperature=temperature))]
+        random.shuffle(pair)
+        return [("a", *pair[0]), ("b", *pair[1])]
+
+    async def _answer(self, label, version, params, prompt_ids, prompt_message_id,
+                      anonymous):
+        started = time.perf_counter()
+        text, finished = "", None
+        async with contextlib.aclosing(self.chat.stream(prompt_ids, params, version)) as events:
+            async for event in events:
+                if isinstance(event, Token):
+                    text += event.text
+                    await self.ws.send_json({"type": "token", "answer": label,
+                                             "text": event.text})
+                    if self.stopping:
+                        break  # closing the stream frees the engine's slot
+                elif isinstance(event, Finished):
+                    finished = event
+                elif isinstance(event, Failed):
+                    await self.error(500, event.error, "generation_failed")
+                    return None
+        if finished is None:  # stopped by the user: keep what they saw
+            finished = Finished("stop", text, len(prompt_ids), self.chat.count_tokens(text))
+        answer = await asyncio.to_thread(
+            self.chat.record_answer, prompt_message_id=prompt_message_id, finished=finished,
+            params=params, adapter_version=version,
+            latency_ms=(time.perf_counter() - started) * 1000)
+        await self.ws.send_json({
+            "type": "end", "answer": label, "message_id": answer.message_id,
+            "adapter_version": None if anonymous else answer.adapter_version,
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "finish_reason": answer.finish_reason})
+        return answer
+
+    async def pick(self, pick: Pick) -> None:
+        try:
+            candidates, conversation_id = await asyncio.to_thread(self._record_pick, pick)
+        except (NotFound, InvalidFeedback) as e:
+            status = 404 if isinstance(e, NotFound) else 422
+            return await self.error(status, str(e), None)
+        winner = candidates[1] if pick.choice == "b" else candidates[0]
+        self.heads[conversation_id] = winner
+        battle = self.battles.get(pick.comparison_id, {})
+        await self.ws.send_json({
+            "type": "picked", "comparison_id": pick.comparison_id, "choice": pick.choice,
+            "continue_from": winner,
+            "models": {label: version or "base" for label, (_, version) in battle.items()}})
+
+    def _record_pick(self, pick: Pick) -> tuple[list[int], int]:
+        with session_scope(self.ws.app.state.db) as db_session:
+            comparison = votes.record_choice(db_session, comparison_id=pick.comparison_id,
+                                             user_id=self.user_id, choice=pick.choice)
+            prompt = convs.get_message(db_session, message_id=comparison.prompt_message_id)
+            return comparison.candidate_ids, prompt.conversation_id
+
+
+def _frame_error(e: Exception) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"frame is not JSON: {e.msg}"
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]

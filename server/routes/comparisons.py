@@ -1,0 +1,64 @@
+"""Side-by-side verdicts: a choice between two answers, or a ranking of k answers."""
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field, model_validator
+
+from feedback.queries import conversations as convs
+from feedback.queries import votes
+from server.auth import CurrentUser
+from server.deps import MetricsDep
+from server.store import SessionDep
+
+router = APIRouter(prefix="/api/comparisons", tags=["comparisons"])
+
+
+class Verdict(BaseModel):
+    choice: Literal["a", "b", "tie", "both_bad"] | None = None
+    ranking: list[int] | None = Field(None, min_length=2, max_length=16,
+                                      description="message ids, best first")
+
+    @model_validator(mode="after")
+    def one_of(self):
+        if (self.choice is None) == (self.ranking is None):
+            raise ValueError("give either a choice or a ranking")
+        return self
+
+
+class RankingIn(BaseModel):
+    prompt_message_id: int
+    ranking: list[int] = Field(min_length=2, max_length=16,
+                               description="answers to the prompt, best first")
+
+
+class ComparisonOut(BaseModel):
+    id: int
+    prompt_message_id: int
+    candidate_ids: list[int]
+    choice: str | None
+    ranking: list[int] | None
+
+
+@router.post("/{comparison_id}/verdict")
+def decide(comparison_id: int, body: Verdict, user: CurrentUser, session: SessionDep,
+           metrics: MetricsDep) -> ComparisonOut:
+    """Record (or replace) the verdict on a side-by-side turn shown to this user."""
+    comparison = votes.record_choice(session, comparison_id=comparison_id, user_id=user.id,
+                                     choice=body.choice, ranking=body.ranking)
+    metrics.votes.labels("comparison").inc()
+    return ComparisonOut.model_validate(comparison, from_attributes=True)
+
+
+@router.post("", status_code=201)
+def rank(body: RankingIn, user: CurrentUser, session: SessionDep,
+         metrics: MetricsDep) -> ComparisonOut:
+    """Rank answers the user got for one prompt (e.g. `n` > 1 through the OpenAI API)."""
+    convs.get_message(session, message_id=body.prompt_message_id, user_id=user.id)
+    comparison = votes.create_comparison(session, user_id=user.id,
+                                         prompt_message_id=body.prompt_message_id,
+                                         candidate_ids=body.ranking)
+    comparison = votes.record_choice(session, comparison_id=comparison.id, user_id=user.id,
+                                     ranking=body.ranking)
+    metrics.votes.labels("ranking").inc()
+    return ComparisonOut.model_validate(comparison, from_attributes=True)

@@ -1,0 +1,60 @@
+"""A user's own conversations: list, read (the whole message tree), delete."""
+
+from datetime import datetime
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
+
+from feedback.queries import conversations as convs
+from server.auth import CurrentUser
+from server.store import SessionDep
+
+router = APIRouter(prefix="/api/conversations", tags=["conversations"])
+
+
+class ConversationOut(BaseModel):
+    id: int
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class MessageOut(BaseModel):
+    id: int
+    parent_id: int | None
+    role: str
+    content: str
+    created_at: datetime
+    adapter_version: str | None = None
+    finish_reason: str | None = None
+    completion_tokens: int | None = None
+
+
+class ConversationDetail(ConversationOut):
+    messages: list[MessageOut]
+
+
+@router.get("")
+def list_conversations(user: CurrentUser, session: SessionDep,
+                       limit: int = Query(50, ge=1, le=200),
+                       offset: int = Query(0, ge=0)) -> list[ConversationOut]:
+    return [ConversationOut.model_validate(c, from_attributes=True) for c in
+            convs.list_conversations(session, user_id=user.id, limit=limit, offset=offset)]
+
+
+@router.get("/{conversation_id}")
+def read_conversation(conversation_id: int, user: CurrentUser,
+                      session: SessionDep) -> ConversationDetail:
+    conversation = convs.get_conversation(session, conversation_id=conversation_id,
+                                          user_id=user.id)
+    messages = convs.conversation_messages(session, conversation_id=conversation_id)
+    return ConversationDetail(
+        **ConversationOut.model_validate(conversation, from_attributes=True).model_dump(),
+        messages=[MessageOut.model_validate(m, from_attributes=True) for m in messages])
+
+
+@router.delete("/{conversation_id}", status_code=204)
+def delete_conversation(conversation_id: int, user: CurrentUser,
+                        session: SessionDep) -> Response:
+    convs.delete_conversation(session, conversation_id=conversation_id, user_id=user.id)
+    return Response(status_code=204)

@@ -1,0 +1,33 @@
+"""Flags on harmful or otherwise bad answers, by category."""
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from feedback.models import FlagCategory
+from feedback.queries import conversations as convs
+from feedback.queries import votes
+from server.auth import CurrentUser
+from server.deps import MetricsDep
+from server.store import SessionDep
+
+router = APIRouter(prefix="/api/messages", tags=["flags"])
+
+
+class FlagIn(BaseModel):
+    category: FlagCategory
+    comment: str = Field("", max_length=4000)
+
+
+class FlagOut(FlagIn):
+    id: int
+    message_id: int
+
+
+@router.post("/{message_id}/flags", status_code=201)
+def flag(message_id: int, body: FlagIn, user: CurrentUser, session: SessionDep,
+         metrics: MetricsDep) -> FlagOut:
+    convs.get_message(session, message_id=message_id, user_id=user.id)
+    stored = votes.add_flag(session, message_id=message_id, user_id=user.id,
+                            category=body.category, comment=body.comment)
+    metrics.votes.labels("flag").inc()
+    return FlagOut.model_validate(stored, from_attributes=True)

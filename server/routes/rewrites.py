@@ -1,0 +1,31 @@
+"""Rewrites: the user's improved version of an answer (demonstration data)."""
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from feedback.queries import conversations as convs
+from feedback.queries import votes
+from server.auth import CurrentUser
+from server.deps import MetricsDep
+from server.store import SessionDep
+
+router = APIRouter(prefix="/api/messages", tags=["rewrites"])
+
+
+class RewriteIn(BaseModel):
+    content: str = Field(min_length=1, max_length=32_000)
+
+
+class RewriteOut(RewriteIn):
+    id: int
+    message_id: int
+
+
+@router.post("/{message_id}/rewrites", status_code=201)
+def rewrite(message_id: int, body: RewriteIn, user: CurrentUser, session: SessionDep,
+            metrics: MetricsDep) -> RewriteOut:
+    convs.get_message(session, message_id=message_id, user_id=user.id)
+    stored = votes.add_rewrite(session, message_id=message_id, user_id=user.id,
+                               content=body.content)
+    metrics.votes.labels("rewrite").inc()
+    return RewriteOut.model_validate(stored, from_attributes=True)

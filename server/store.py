@@ -1,0 +1,19 @@
+"""The feedback store as a FastAPI dependency: one unit of work per request, committed
+before the response is sent (an acknowledged vote is on disk)."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from feedback.db import session_scope
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with session_scope(request.app.state.db) as session:
+        yield session
+
+
+# scope="function": the commit runs when the route returns, before the response goes out.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
