@@ -58,14 +58,14 @@ app.add_typer(db_app, name="db")
 app.add_typer(feedback_app, name="feedback")
 
 DbOption = Annotated[str | None, typer.Option(
-    "--db", help="Database URL (sqlite:///… or postgresql+psycopg://…). [env: FLYWHEEL_DB] "
-    "[default: SQLite in the data directory]", show_default=False)]
+    "--db", help="Database URL (sqlite:///… or postgresql+psycopg://…). \\[env: FLYWHEEL_DB] "
+    "\\[default: SQLite in the data directory]", show_default=False)]
 DataDirOption = Annotated[Path | None, typer.Option(
     "--data-dir", help="Where the SQLite store, models and adapters live. "
-    "[env: FLYWHEEL_DATA_DIR] [default: ./flywheel-data]", show_default=False)]
+    "\\[env: FLYWHEEL_DATA_DIR] \\[default: ./flywheel-data]", show_default=False)]
 ModelOption = Annotated[str | None, typer.Option(
     "--model", help="A local Hugging Face model directory, a hub id, or 'demo'. "
-    "[env: FLYWHEEL_MODEL] [default: demo]", show_default=False)]
+    "\\[env: FLYWHEEL_MODEL] \\[default: demo]", show_default=False)]
 
 
 def settings_from(**overrides) -> Settings:
@@ -78,7 +78,9 @@ def progress_bar(description: str):
     """A progress bar on stderr; yields an `on_progress(done, total)` callback."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
+    console = Console(stderr=True)
+    with Progress(*columns, transient=True, console=console,
+                  disable=not console.is_terminal) as progress:
         task = progress.add_task(description, total=None)
 
         def on_progress(done: int, total: int | None = None) -> None:
@@ -129,7 +131,8 @@ def demo_model(
 
     target = out or demo_model_path(settings_from(data_dir=data_dir).models_dir)
     if target.exists():
-        raise FlywheelError(f"{target} already exists; remove it or pass --out")
+        hint = "" if out else " or pass --out"
+        raise FlywheelError(f"{target} already exists; remove it{hint}")
     write_demo_model(target, seed=seed)
     typer.echo(f"wrote the demo model (random weights, for trying Flywheel out) to {target}")
 
@@ -181,10 +184,10 @@ def feedback_export(
 # -- serving ----------------------------------------------------------------------------
 
 HostOption = Annotated[str | None, typer.Option(
-    "--host", help="Interface to listen on. [env: FLYWHEEL_HOST] [default: 127.0.0.1]",
+    "--host", help="Interface to listen on. \\[env: FLYWHEEL_HOST] \\[default: 127.0.0.1]",
     show_default=False)]
 PortOption = Annotated[int | None, typer.Option(
-    "--port", help="Port to listen on. [env: FLYWHEEL_PORT] [default: 8000]",
+    "--port", help="Port to listen on. \\[env: FLYWHEEL_PORT] \\[default: 8000]",
     show_default=False)]
 
 

@@ -13,11 +13,11 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 from sqlmodel import Session
 
+from feedback.db import session_scope
 from feedback.models import Role, User
 from feedback.queries import users
 from flywheel.api_keys import hash_api_key
 from server.errors import APIError
-from server.store import SessionDep
 
 COOKIE = "flywheel_session"
 COOKIE_MAX_AGE = 365 * 24 * 3600
@@ -62,22 +62,26 @@ def cookie_header(user: User, secret: str) -> str:
             "HttpOnly; SameSite=Lax")
 
 
-def current_user(request: Request, response: Response, session: SessionDep) -> User:
+def current_user(request: Request, response: Response) -> User:
+    # A short unit of work of its own: a streaming route must not hold a connection
+    # for as long as it generates.
     secret = request.app.state.settings.secret_key
-    user = authenticate(session, headers=request.headers, cookies=request.cookies,
-                        secret=secret)
-    if user is None:
-        user = new_anonymous_user(session)
-        response.headers.append("set-cookie", cookie_header(user, secret))
+    with session_scope(request.app.state.db) as session:
+        user = authenticate(session, headers=request.headers, cookies=request.cookies,
+                            secret=secret)
+        if user is None:
+            user = new_anonymous_user(session)
+            response.headers.append("set-cookie", cookie_header(user, secret))
     return user
 
 
-def operator(request: Request, session: SessionDep) -> User:
+def operator(request: Request) -> User:
     if bearer_key(request.headers) is None:
         raise APIError(401, "operator routes need an API key (Authorization: Bearer …)",
                        code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
-    user = authenticate(session, headers=request.headers, cookies={},
-                        secret=request.app.state.settings.secret_key)
+    with session_scope(request.app.state.db) as session:
+        user = authenticate(session, headers=request.headers, cookies={},
+                            secret=request.app.state.settings.secret_key)
     if user.role not in (Role.operator, Role.admin):
         raise APIError(403, "this route is for operators", code="forbidden")
     return user

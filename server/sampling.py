@@ -47,26 +47,29 @@ def sample_next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: t
     logits: [B, V] (last position); temperature, top_p: [B]; generators: B seeded
     generators (or None for the global RNG). Returns [B] token ids.
 
-    Sampling uses the exponential-race trick, argmax(p / E) with E ~ Exp(1), which draws
-    from p exactly and is much cheaper than `torch.multinomial` over a large vocabulary.
+    Sampling inverts each row's CDF at one uniform draw, so a seeded row costs one
+    random number, not a vocabulary's worth (`torch.multinomial` and noise-based tricks
+    draw per token, which dominates a step for small models with large vocabularies).
     """
-    greedy = logits.argmax(dim=-1)
-    rows = (temperature > 0).nonzero().flatten()
+    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    greedy = temperature == 0
+    if bool(greedy.any()):
+        out[greedy] = logits[greedy].argmax(dim=-1)
+    rows = (~greedy).nonzero().flatten()
     if rows.numel() == 0:
-        return greedy
+        return out
     scaled = logits[rows].float() / temperature[rows].unsqueeze(-1)
     if bool((top_p[rows] < 1).any()):
         scaled = top_p_filter(scaled, top_p[rows])
-    probs = scaled.softmax(dim=-1)
-    noise = torch.empty_like(probs)
-    row_generators = [generators[row] for row in rows.tolist()]
-    if all(g is None for g in row_generators):
-        noise.exponential_()
-    else:
-        for i, generator in enumerate(row_generators):
-            noise[i].exponential_(generator=generator)
-    out = greedy.clone()
-    out[rows] = (probs / noise).argmax(dim=-1)
+    cdf = scaled.softmax(dim=-1).cumsum(dim=-1)  # [R, V]
+    uniform = torch.rand(len(rows), device=logits.device)
+    for i, row in enumerate(rows.tolist()):
+        if generators[row] is not None:
+            uniform[i] = torch.rand((), generator=generators[row], device=logits.device)
+    # right=True: the first token whose CDF exceeds the draw, never a zero-probability one.
+    target = (uniform * cdf[:, -1]).unsqueeze(-1)
+    picks = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    out[rows] = picks.clamp(max=logits.shape[-1] - 1)
     return out
 
 

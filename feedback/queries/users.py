@@ -1,5 +1,6 @@
 """Users: anonymous browser sessions, API-key holders and operators."""
 
+import re
 from collections.abc import Iterator
 
 from sqlmodel import Session, col, select
@@ -15,8 +16,13 @@ def _role(role: str) -> Role:
         raise InvalidFeedback(f"role must be one of {', '.join(Role)}, not {role!r}") from None
 
 
+HANDLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}")
+
+
 def create_user(session: Session, *, handle: str, role: str = Role.user,
                 api_key_hash: str | None = None) -> User:
+    if not HANDLE.fullmatch(handle):
+        raise InvalidFeedback(f"a handle is 1 to 64 letters, digits or _.@+- (not {handle!r})")
     user = User(handle=handle, role=_role(role), api_key_hash=api_key_hash)
     session.add(user)
     session.flush()

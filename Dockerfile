@@ -1,0 +1,7 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY . .
+# Editable, so the server finds web/ beside its package.
+RUN pip install --no-cache-dir -c constraints.txt -e .
+EXPOSE 8000
+CMD ["flywheel", "serve", "--host", "0.0.0.0"]

@@ -1,0 +1,167 @@
+"""Serving benchmark: the real server, driven through its OpenAI API, against the same
+model's in-process `generate`. Prints one JSON line of figures.
+
+    python bench/serve.py [--model demo] [--tokens 128] [--rounds 3]
+
+Figures (medians over rounds, measured side by side in one run):
+  generate_tps            in-process `model.generate`, one sequence
+  server_tps_1            one stream through the server (streaming SSE)
+  single_stream_ratio     server_tps_1 / generate_tps                  (target >= 0.9)
+  server_tps_4, _16       aggregate tokens/s with 4 and 16 concurrent streams
+  scaling_16x             server_tps_16 / server_tps_1                 (target >= 4)
+  generate_batch16_tps    in-process batched `generate` of 16, for scale
+  ttft_p50_ms, ttft_p99_ms   time to first token over every stream
+  server_peak_rss_mb      the server process's peak resident memory
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from flywheel.model_loading import load_model
+
+PROMPT = [{"role": "user", "content": "Tell me a story about a lighthouse keeper."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, data_dir: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "FLYWHEEL_DATA_DIR": str(data_dir), "FLYWHEEL_MODEL": model,
+           "FLYWHEEL_RATE_LIMIT_PER_MINUTE": "100000", "FLYWHEEL_SIDE_BY_SIDE_SHARE": "0",
+           "FLYWHEEL_MAX_QUEUE": "1000", "HF_HUB_OFFLINE": "1"}
+    log = (data_dir / "server.log").open("w")  # noqa: SIM115 — the server owns it
+    process = subprocess.Popen([sys.executable, "-m", "flywheel", "serve", "--port",
+                                str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("the server did not start")
+
+
+async def stream_once(client: httpx.AsyncClient, tokens: int, seed: int):
+    """One streamed completion; returns (completion tokens, seconds to first token)."""
+    body = {"model": "flywheel", "messages": PROMPT, "max_tokens": tokens, "seed": seed,
+            "temperature": 1.0, "stream": True, "stream_options": {"include_usage": True}}
+    started, first, usage = time.perf_counter(), None, 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]["completion_tokens"]
+            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get(
+                    "content"):
+                first = time.perf_counter() - started
+    return usage, first
+
+
+async def server_round(base_url: str, streams: int, tokens: int, key: str):
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=600) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(*[stream_once(client, tokens, seed)
+                                         for seed in range(streams)])
+        elapsed = time.perf_counter() - started
+    return sum(n for n, _ in results) / elapsed, [t for _, t in results if t is not None]
+
+
+def generate_tps(loaded, tokens: int, batch: int) -> float:
+    ids = loaded.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+    inputs = {k: v.repeat(batch, 1).to(loaded.device) for k, v in ids.items()}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = loaded.model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens,
+                                    do_sample=True, temperature=1.0,
+                                    pad_token_id=loaded.tokenizer.pad_token_id)
+    return batch * (out.shape[1] - inputs["input_ids"].shape[1]) / (
+        time.perf_counter() - started)
+
+
+def create_key(data_dir: Path) -> str:
+    env = {**os.environ, "FLYWHEEL_DATA_DIR": str(data_dir)}
+    out = subprocess.run([sys.executable, "-m", "flywheel", "users", "create", "bench"],
+                         env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
+    loaded = load_model(args.model, models_dir=data_dir / "models")
+    for batch in (1, 16, 1):  # warm-up: the first calls pay for allocation and kernels
+        generate_tps(loaded, args.tokens, batch)
+    key = create_key(data_dir)
+    port = free_port()
+    server = start_server(args.model, data_dir, port)
+    base_url = f"http://127.0.0.1:{port}"
+    figures: dict[str, list[float]] = {}
+    ttfts: list[float] = []
+    try:
+        for streams in (1, 16):  # warm-up
+            asyncio.run(server_round(base_url, streams, args.tokens, key))
+        for _ in range(args.rounds):  # interleaved, so drift hits every figure alike
+            figures.setdefault("generate_tps", []).append(generate_tps(loaded, args.tokens, 1))
+            figures.setdefault("generate_batch16_tps", []).append(
+                generate_tps(loaded, args.tokens, 16))
+            for streams in (1, 4, 16):
+                tps, firsts = asyncio.run(server_round(base_url, streams, args.tokens, key))
+                figures.setdefault(f"server_tps_{streams}", []).append(tps)
+                ttfts += firsts
+        peak = peak_rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    med = {name: statistics.median(values) for name, values in figures.items()}
+    ttfts.sort()
+    result = {
+        "bench": "serve", "model": args.model, "tokens": args.tokens, "rounds": args.rounds,
+        "device": str(loaded.device), "threads": torch.get_num_threads(),
+        **{name: round(value, 1) for name, value in med.items()},
+        "single_stream_ratio": round(med["server_tps_1"] / med["generate_tps"], 3),
+        "scaling_16x": round(med["server_tps_16"] / med["server_tps_1"], 2),
+        "generate_scaling_16x": round(med["generate_batch16_tps"] / med["generate_tps"], 2),
+        "ttft_p50_ms": round(1000 * ttfts[len(ttfts) // 2], 1),
+        "ttft_p99_ms": round(1000 * ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))], 1),
+        "server_peak_rss_mb": round(peak, 1),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
