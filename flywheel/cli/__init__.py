@@ -1,0 +1,39 @@
+"""The `flywheel` command line.
+
+Every command takes its common options (`--db`, `--data-dir`, `--model`) after its own
+name and falls back to `FLYWHEEL_*` variables, then to the embedded defaults. A problem
+the user can fix is printed as one `error:` line (exit 2), never as a traceback. Each
+command imports what it runs (server, trainer) only when it runs, so `--help` is fast.
+"""
+
+from typing import Annotated
+
+import typer
+
+from flywheel import __version__
+from flywheel.cli import serving, store
+from flywheel.cli.common import FlywheelGroup
+
+app = typer.Typer(cls=FlywheelGroup, no_args_is_help=True, pretty_exceptions_enable=False,
+                  add_completion=False,
+                  help="Flywheel: online, human-in-the-loop RLHF for a deployed chatbot.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"flywheel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version.")] = False):
+    """Flywheel: online, human-in-the-loop RLHF for a deployed chatbot."""
+
+
+
+app.command("serve")(serving.serve)
+app.add_typer(store.users_app, name="users")
+app.add_typer(store.feedback_app, name="feedback")
+app.add_typer(store.db_app, name="db")
+app.command("demo-model")(serving.demo_model)

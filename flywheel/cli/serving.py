@@ -1,0 +1,52 @@
+"""Serving commands: the chat server and the built-in demo model."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flywheel.cli.common import (
+    DataDirOption,
+    DbOption,
+    HostOption,
+    ModelOption,
+    PortOption,
+    configure_logging,
+    settings_from,
+)
+from flywheel.errors import FlywheelError
+
+
+def demo_model(
+    data_dir: DataDirOption = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write it here instead of <data-dir>/models/demo.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
+) -> None:
+    """Write the built-in demo model: a tiny random-initialised Llama with a real tokenizer.
+
+    It answers gibberish until trained; it exists so that everything runs with no download.
+    """
+    from flywheel.demo_model import demo_model_path, write_demo_model
+
+    target = out or demo_model_path(settings_from(data_dir=data_dir).models_dir)
+    if target.exists():
+        hint = "" if out else " or pass --out"
+        raise FlywheelError(f"{target} already exists; remove it{hint}")
+    write_demo_model(target, seed=seed)
+    typer.echo(f"wrote the demo model (random weights, for trying Flywheel out) to {target}")
+
+
+def serve(host: HostOption = None, port: PortOption = None, model: ModelOption = None,
+          db: DbOption = None, data_dir: DataDirOption = None) -> None:
+    """Serve the chat: websocket, OpenAI-compatible API, voting and operator routes."""
+    import uvicorn
+
+    from feedback.db import open_store
+    from server.app import create_app
+
+    settings = settings_from(host=host, port=port, model=model, db=db, data_dir=data_dir)
+    open_store(settings.db_url).dispose()  # a bad --db fails here, as one line
+    configure_logging()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_config=None, ws_max_size=1 << 20)

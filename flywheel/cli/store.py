@@ -1,0 +1,93 @@
+"""Commands on the feedback store: schema, users and keys, import and export."""
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from feedback.models import Role
+from flywheel.cli.common import DataDirOption, DbOption, progress_bar, settings_from
+from flywheel.errors import FlywheelError
+
+db_app = typer.Typer(no_args_is_help=True, help="The feedback store's schema.")
+feedback_app = typer.Typer(no_args_is_help=True, help="Import and export feedback.")
+users_app = typer.Typer(no_args_is_help=True, help="Users and API keys.")
+
+
+class ExportFormat(StrEnum):
+    dpo = "dpo"
+    kto = "kto"
+    log = "log"
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None, data_dir: DataDirOption = None) -> None:
+    """Apply the schema migrations (every command that opens the store does this too)."""
+    from feedback.db import current_revision, open_store
+
+    engine = open_store(settings_from(db=db, data_dir=data_dir).db_url)
+    typer.echo(f"schema at revision {current_revision(engine)}")
+
+
+@feedback_app.command("import")
+def feedback_import(
+    file: Annotated[Path, typer.Argument(help="JSON lines (optionally .gz): TRL preference, "
+                                         "TRL unpaired, Anthropic HH, or a flywheel log.")],
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    user: Annotated[str, typer.Option(help="The user that owns the imported records.")]
+    = "import",
+    skip_invalid: Annotated[bool, typer.Option(
+        help="Skip and count malformed lines instead of aborting the import.")] = False,
+) -> None:
+    """Import a feedback file in one transaction: all of it, or (on an error) none of it."""
+    from feedback.db import open_store
+    from feedback.importer import import_file
+
+    engine = open_store(settings_from(db=db, data_dir=data_dir).db_url)
+    with progress_bar(f"importing {file.name}") as on_progress:
+        report = import_file(engine, file, user_handle=user, skip_invalid=skip_invalid,
+                             on_progress=on_progress)
+    typer.echo(report.summary())
+
+
+@feedback_app.command("export")
+def feedback_export(
+    fmt: Annotated[ExportFormat, typer.Option(
+        "--format", help="dpo: TRL preference pairs; kto: TRL unpaired labels; log: every record, "
+        "for replay.")],
+    out: Annotated[Path, typer.Option(help="Output file (.gz to compress).")],
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Export feedback in a format TRL and `datasets` read as it is."""
+    from feedback.db import open_store
+    from feedback.exporter import export_feedback
+
+    engine = open_store(settings_from(db=db, data_dir=data_dir).db_url)
+    with progress_bar(f"exporting {fmt}") as on_progress:
+        count = export_feedback(engine, fmt=fmt.value, out=out, on_progress=on_progress)
+    typer.echo(f"wrote {count} {fmt.value} records to {out}")
+
+
+@users_app.command("create")
+def users_create(
+    handle: Annotated[str, typer.Argument(help="A unique name, e.g. alice.")],
+    role: Annotated[Role, typer.Option(help="What the key may do.")] = Role.user,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a user with an API key. The key is printed once and stored only hashed."""
+    from feedback.db import open_store, session_scope
+    from feedback.queries import users
+    from flywheel.api_keys import hash_api_key, new_api_key
+
+    engine = open_store(settings_from(db=db, data_dir=data_dir).db_url)
+    key = new_api_key()
+    with session_scope(engine) as session:
+        if users.get_user_by_handle(session, handle=handle) is not None:
+            raise FlywheelError(f"a user named {handle!r} already exists")
+        users.create_user(session, handle=handle, role=role, api_key_hash=hash_api_key(key))
+    typer.echo(f"created {role.value} {handle}; API key (shown only now):")
+    typer.echo(key)
