@@ -15,6 +15,7 @@ class Settings(BaseSettings):
     model: str = "demo"  # a local Hugging Face directory, a hub id, or "demo"
     host: str = "127.0.0.1"
     port: int = 8000
+    log_format: str = "text"  # or "json": one object per line
 
     # Serving
     secret_key: str | None = None  # signs session cookies; default: kept in data_dir

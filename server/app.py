@@ -1,10 +1,11 @@
 """The FastAPI app: serving objects are built once in the lifespan, routers stay thin."""
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 
 from feedback.db import open_store
@@ -68,6 +69,17 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
     app = FastAPI(title="Flywheel", version="0.1.0", lifespan=lifespan,
                   summary="Chat, vote, and the model gets better.")
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        log.info("%s %s %d", request.method, request.url.path, response.status_code,
+                 extra={"method": request.method, "path": request.url.path,
+                        "status": response.status_code,
+                        "ms": round((time.perf_counter() - started) * 1000, 1)})
+        return response
+
     for module in (operations, chat_ws, openai, conversations, ratings, comparisons,
                    rewrites, flags):
         app.include_router(module.router)

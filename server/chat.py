@@ -1,6 +1,7 @@
 """The chat service both front doors share (websocket and OpenAI API): fit a conversation
 into the model's window, stream an answer from the engine, and record it."""
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from server.engine import Event, Finished, GenerationEngine, Token
 from server.errors import APIError
 from server.metrics import Metrics
 from server.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,15 +74,26 @@ class ChatService:
                 if first_token_at is None and isinstance(event, Token):
                     first_token_at = time.perf_counter()
                     self.metrics.time_to_first_token.observe(first_token_at - started)
-                if isinstance(event, Finished) and first_token_at is not None:
-                    elapsed = time.perf_counter() - first_token_at
-                    if event.completion_tokens > 1 and elapsed > 0:
-                        self.metrics.tokens_per_second.observe(
-                            (event.completion_tokens - 1) / elapsed)
-                    self.metrics.completion_tokens.inc(event.completion_tokens)
+                if isinstance(event, Finished):
+                    self._observe(event, adapter_version, started, first_token_at)
                 yield event
         finally:
             self.metrics.active_streams.dec()
+
+    def _observe(self, finished: Finished, adapter_version: str | None, started: float,
+                 first_token_at: float | None) -> None:
+        now = time.perf_counter()
+        tps = None
+        if first_token_at is not None and finished.completion_tokens > 1 and now > first_token_at:
+            tps = (finished.completion_tokens - 1) / (now - first_token_at)
+            self.metrics.tokens_per_second.observe(tps)
+        self.metrics.completion_tokens.inc(finished.completion_tokens)
+        log.info("answer finished", extra={
+            "adapter": adapter_version or "base", "prompt_tokens": finished.prompt_tokens,
+            "completion_tokens": finished.completion_tokens, "finish_reason": finished.reason,
+            "ttft_ms": None if first_token_at is None
+            else round((first_token_at - started) * 1000, 1),
+            "tokens_per_s": None if tps is None else round(tps, 1)})
 
     # -- records (blocking; call through asyncio.to_thread) ----------------------------------
 

@@ -71,10 +71,3 @@ def progress_bar(description: str):
             progress.update(task, completed=done, total=total)
 
         yield on_progress
-
-
-def configure_logging() -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

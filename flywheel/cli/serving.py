@@ -11,10 +11,10 @@ from flywheel.cli.common import (
     HostOption,
     ModelOption,
     PortOption,
-    configure_logging,
     settings_from,
 )
 from flywheel.errors import FlywheelError
+from flywheel.logs import configure_logging
 
 
 def demo_model(
@@ -47,6 +47,6 @@ def serve(host: HostOption = None, port: PortOption = None, model: ModelOption =
 
     settings = settings_from(host=host, port=port, model=model, db=db, data_dir=data_dir)
     open_store(settings.db_url).dispose()  # a bad --db fails here, as one line
-    configure_logging()
+    configure_logging(settings.log_format)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_config=None, ws_max_size=1 << 20)
+                log_config=None, access_log=False, ws_max_size=1 << 20)
