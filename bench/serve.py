@@ -12,6 +12,8 @@ Figures (medians over rounds, measured side by side in one run):
   generate_batch16_tps    in-process batched `generate` of 16, for scale
   ttft_p50_ms, ttft_p99_ms   time to first token over every stream
   server_peak_rss_mb      the server process's peak resident memory
+  hf_serve_tps_1/_4/_16   the same, through `transformers serve` on the same model
+  hf_serve_cb_tps_*       …with its continuous batching (`--continuous-batching`)
 """
 
 import argparse
@@ -40,6 +42,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(process: subprocess.Popen, url: str) -> subprocess.Popen:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"the server behind {url} did not start")
+
+
+def start_transformers_serve(model_dir: Path, port: int, continuous: bool,
+                             log: Path) -> subprocess.Popen:
+    command = ["transformers", "serve", str(model_dir), "--port", str(port), "--device",
+               "cpu", "--continuous-batching" if continuous else "--no-continuous-batching"]
+    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    return wait_healthy(process, f"http://127.0.0.1:{port}/health")
+
+
 def start_server(model: str, data_dir: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "FLYWHEEL_DATA_DIR": str(data_dir), "FLYWHEEL_MODEL": model,
            "FLYWHEEL_RATE_LIMIT_PER_MINUTE": "100000", "FLYWHEEL_SIDE_BY_SIDE_SHARE": "0",
@@ -47,22 +70,15 @@ def start_server(model: str, data_dir: Path, port: int) -> subprocess.Popen:
     log = (data_dir / "server.log").open("w")  # noqa: SIM115 — the server owns it
     process = subprocess.Popen([sys.executable, "-m", "flywheel", "serve", "--port",
                                 str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the server did not start")
+    return wait_healthy(process, f"http://127.0.0.1:{port}/healthz")
 
 
-async def stream_once(client: httpx.AsyncClient, tokens: int, seed: int):
-    """One streamed completion; returns (completion tokens, seconds to first token)."""
-    body = {"model": "flywheel", "messages": PROMPT, "max_tokens": tokens, "seed": seed,
+async def stream_once(client: httpx.AsyncClient, model: str, tokens: int, seed: int):
+    """One streamed completion; returns (completion tokens, seconds to first token).
+    Tokens come from the usage chunk, or count content chunks where there is none."""
+    body = {"model": model, "messages": PROMPT, "max_tokens": tokens, "seed": seed,
             "temperature": 1.0, "stream": True, "stream_options": {"include_usage": True}}
-    started, first, usage = time.perf_counter(), None, 0
+    started, first, usage, chunks = time.perf_counter(), None, 0, 0
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -71,17 +87,19 @@ async def stream_once(client: httpx.AsyncClient, tokens: int, seed: int):
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 usage = chunk["usage"]["completion_tokens"]
-            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get(
-                    "content"):
-                first = time.perf_counter() - started
-    return usage, first
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                chunks += 1
+                if first is None:
+                    first = time.perf_counter() - started
+    return usage or chunks, first
 
 
-async def server_round(base_url: str, streams: int, tokens: int, key: str):
-    headers = {"Authorization": f"Bearer {key}"}
+async def server_round(base_url: str, streams: int, tokens: int, key: str = "",
+                       model: str = "flywheel"):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=600) as client:
         started = time.perf_counter()
-        results = await asyncio.gather(*[stream_once(client, tokens, seed)
+        results = await asyncio.gather(*[stream_once(client, model, tokens, seed)
                                          for seed in range(streams)])
         elapsed = time.perf_counter() - started
     return sum(n for n, _ in results) / elapsed, [t for _, t in results if t is not None]
@@ -98,6 +116,32 @@ def generate_tps(loaded, tokens: int, batch: int) -> float:
                                     pad_token_id=loaded.tokenizer.pad_token_id)
     return batch * (out.shape[1] - inputs["input_ids"].shape[1]) / (
         time.perf_counter() - started)
+
+
+def transformers_serve_figures(name: str, model_dir: Path, continuous: bool, args,
+                               data_dir: Path) -> dict[str, list[float]]:
+    """`transformers serve` on the same model and prompts, where it runs ({} if not)."""
+    port = free_port()
+    try:
+        process = start_transformers_serve(model_dir, port, continuous,
+                                           data_dir / f"{name}.log")
+    except (SystemExit, FileNotFoundError) as e:
+        print(f"{name}: not measured ({e})", file=sys.stderr)
+        return {}
+    figures: dict[str, list[float]] = {}
+    base_url, model = f"http://127.0.0.1:{port}", str(model_dir)
+    try:
+        asyncio.run(server_round(base_url, 1, args.tokens, model=model))  # warm-up
+        for _ in range(args.rounds):
+            for streams in (1, 4, 16):
+                tps, _ = asyncio.run(server_round(base_url, streams, args.tokens, model=model))
+                figures.setdefault(f"{name}_tps_{streams}", []).append(tps)
+    except httpx.HTTPError as e:
+        print(f"{name}: failed ({e})", file=sys.stderr)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return figures
 
 
 def create_key(data_dir: Path) -> str:
@@ -146,6 +190,10 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+    model_dir = Path(loaded.model.name_or_path)
+    for name, continuous in (("hf_serve", False), ("hf_serve_cb", True)):
+        figures.update(transformers_serve_figures(name, model_dir, continuous, args, data_dir))
 
     med = {name: statistics.median(values) for name, values in figures.items()}
     ttfts.sort()
