@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     max_new_tokens: int = 256  # default answer length
     rate_limit_per_minute: int = 60  # answers per user per minute (429 + Retry-After)
     side_by_side_share: float = 0.1  # share of turns answered twice for a pick
+    adapter_poll_s: float = 2.0  # how often servers reconcile adapters with the registry
 
     def resolved_secret_key(self) -> str:
         """The configured secret, else one generated once and kept in the data directory

@@ -1,13 +1,28 @@
-"""Which LoRA adapters this server holds in memory, and how API model names map to them.
+"""The adapters this server holds, reconciled with the registry's desired state.
 
-The registry (the `adapter` table) says which version is live and which are candidates
-under evaluation; `sync` loads what is missing from the adapter store, on the engine
-thread between two decode steps, so running requests never see a half-loaded model. A
-version that fails to load is logged and skipped: the live model stays as it was.
+The registry (the `adapter` table) says which version is live, which candidates are under
+evaluation, and which get a canary share of traffic. `sync` brings this server in line —
+at start, by polling (so replicas converge), and at once after an operator acts here:
+
+- a new adapter is verified (checksums, tensor shapes), loaded beside the others on the
+  engine thread between two decode steps, and smoke-tested (one forward pass with finite
+  logits) before any request is routed to it; one that fails is unloaded and reported,
+  and the adapters already serving are untouched;
+- routing switches in one assignment, and each answer keeps the adapter it started with
+  (`acquire` … `release` around its generation);
+- an adapter no longer wanted stops taking new requests at once, and is unloaded once its
+  last answer has finished and a short grace period (for requests already routed to it
+  but not yet generating) has passed.
 """
 
+import asyncio
 import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 
+import torch
 from sqlalchemy import Engine
 
 from feedback.db import session_scope
@@ -19,56 +34,145 @@ from server.errors import APIError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "flywheel"  # the live adapter if there is one, else the base model
+DEFAULT_MODEL = "flywheel"  # the live adapter (or a canary) if there is one, else the base
+DRAIN_GRACE_S = 5.0
+
+
+@dataclass
+class _Desired:
+    """What the registry wants served: every adapter's sha256, and their roles."""
+
+    sha256: dict[str, str] = field(default_factory=dict)
+    live: str | None = None
+    candidates: list[str] = field(default_factory=list)
+    canary: dict[str, float] = field(default_factory=dict)
 
 
 class AdapterManager:
     def __init__(self, *, engine: GenerationEngine, store: AdapterStore, db: Engine,
                  base_name: str):
         self.engine, self.store, self.db, self.base_name = engine, store, db, base_name
-        self.loaded: set[str] = set()
+        self.loaded: dict[str, str] = {}  # version -> sha256 of what is in memory
+        self.failed: dict[str, tuple[str, str]] = {}  # version -> (sha256, error)
         self.live: str | None = None
-        self.candidates: list[str] = []
+        self.candidates: list[str] = []  # under evaluation: side-by-side turns
+        self.canary: dict[str, float] = {}  # version -> share of default traffic
+        self.in_flight: Counter[str | None] = Counter()
+        self._unrouted_at: dict[str, float] = {}  # version -> when it stopped being routed
+        self._lock = asyncio.Lock()
 
-    async def sync(self) -> None:
-        with session_scope(self.db) as session:
-            live = registry.live_adapter(session)
-            candidates = registry.list_adapters(session, status=AdapterStatus.candidate)
-        wanted = ([live.version] if live else []) + [a.version for a in candidates]
-        for version in wanted:
-            if version not in self.loaded:
-                try:
-                    await self.engine.call(lambda v=version: self._load(v))
-                except Exception as e:
-                    log.error("adapter %s not loaded: %s", version, e)
-        self.live = live.version if live and live.version in self.loaded else None
-        self.candidates = [v for v in wanted[1 if live else 0:] if v in self.loaded]
+    # -- routing ----------------------------------------------------------------------------
 
-    def _load(self, version: str) -> None:
-        """On the engine thread: add the adapter beside those already loaded."""
-        self.engine.model = self.store.load(self.engine.model, version,
-                                            adapter_name=self.engine_name(version))
-        self.loaded.add(version)
-        log.info("adapter %s loaded", version)
+    def routable(self) -> set[str]:
+        return {v for v in [self.live, *self.candidates, *self.canary] if v is not None}
+
+    def resolve(self, model: str | None) -> str | None:
+        """The adapter version an API `model` names (None: the base model)."""
+        if model in (None, "", DEFAULT_MODEL):
+            for version, share in self.canary.items():
+                if random.random() < share:
+                    return version
+            return self.live
+        if model == self.base_name:
+            return None
+        if model in self.routable():
+            return model
+        raise APIError(404, f"the model {model!r} does not exist; GET /v1/models lists them",
+                       code="model_not_found")
+
+    def acquire(self, version: str | None) -> None:
+        """Pin `version` for one answer: it stays loaded until `release`."""
+        if version is not None and version not in self.loaded:
+            raise APIError(503, f"adapter {version} was just retired; retry",
+                           code="adapter_retired", headers={"Retry-After": "1"})
+        self.in_flight[version] += 1
+
+    def release(self, version: str | None) -> None:
+        self.in_flight[version] -= 1
+
+    def model_names(self) -> list[str]:
+        return [DEFAULT_MODEL, self.base_name, *sorted(self.routable())]
 
     @staticmethod
     def engine_name(version: str | None) -> str | None:
         return None if version is None else version.replace(".", "_")
 
-    @property
-    def default(self) -> str | None:
-        return self.live
+    # -- reconciling --------------------------------------------------------------------------
 
-    def model_names(self) -> list[str]:
-        return [DEFAULT_MODEL, self.base_name, *sorted(self.loaded)]
+    async def run(self, every_s: float) -> None:
+        """Poll the registry for ever (a task of the app's lifespan)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.sync()
+            except Exception:  # the next poll tries again; serving goes on meanwhile
+                log.exception("adapter sync failed")
 
-    def resolve(self, model: str | None) -> str | None:
-        """The adapter version an API `model` names (None: the base model)."""
-        if model in (None, "", DEFAULT_MODEL):
-            return self.default
-        if model == self.base_name:
-            return None
-        if model in self.loaded:
-            return model
-        raise APIError(404, f"the model {model!r} does not exist; GET /v1/models lists them",
-                       code="model_not_found")
+    async def sync(self) -> None:
+        async with self._lock:
+            desired = await asyncio.to_thread(self._desired)
+            for version, sha256 in desired.sha256.items():
+                if version not in self.loaded and self.failed.get(version, ("",))[0] != sha256:
+                    await self._load(version, sha256)
+            # The switch: plain assignments, no await between them.
+            self.live = desired.live if desired.live in self.loaded else None
+            self.candidates = [v for v in desired.candidates if v in self.loaded]
+            self.canary = {v: s for v, s in desired.canary.items() if v in self.loaded}
+            routable = self.routable()
+            now = time.monotonic()
+            for version in list(self.loaded):
+                if version in routable:
+                    self._unrouted_at.pop(version, None)
+                elif (now - self._unrouted_at.setdefault(version, now) >= DRAIN_GRACE_S
+                      and self.in_flight[version] == 0):
+                    await self._unload(version)
+
+    def _desired(self) -> _Desired:
+        with session_scope(self.db) as session:
+            live = registry.live_adapter(session)
+            rows = [*registry.list_adapters(session, status=AdapterStatus.candidate),
+                    *registry.list_adapters(session, status=AdapterStatus.approved)]
+        desired = _Desired()
+        if live is not None:
+            desired.sha256[live.version] = live.sha256
+            desired.live = live.version
+        for row in rows:
+            if row.status == AdapterStatus.candidate:
+                desired.candidates.append(row.version)
+            if row.traffic_share > 0:
+                desired.canary[row.version] = row.traffic_share
+            if row.status == AdapterStatus.candidate or row.traffic_share > 0:
+                desired.sha256[row.version] = row.sha256
+        return desired
+
+    async def _load(self, version: str, sha256: str) -> None:
+        try:
+            await self.engine.call(lambda: self._load_on_engine(version))
+        except Exception as e:
+            self.failed[version] = (sha256, str(e))
+            log.error("adapter %s refused: %s", version, e)
+            return
+        self.loaded[version] = sha256
+        self.failed.pop(version, None)
+        log.info("adapter %s loaded", version, extra={"adapter": version})
+
+    def _load_on_engine(self, version: str) -> None:
+        """Verify, load and smoke-test; on any failure leave the model as it was."""
+        name = self.engine_name(version)
+        self.engine.model = self.store.load(self.engine.model, version, adapter_name=name)
+        try:
+            probe = torch.tensor([[self.engine.tokenizer.bos_token_id or 1] * 4],
+                                 device=self.engine.device)
+            logits = self.engine.model(input_ids=probe, adapter_names=[name]).logits
+            if not torch.isfinite(logits).all():
+                raise ValueError("its smoke generation gave non-finite logits")
+        except Exception:
+            self.engine.model.delete_adapter(name)
+            raise
+
+    async def _unload(self, version: str) -> None:
+        name = self.engine_name(version)
+        await self.engine.call(lambda: self.engine.model.delete_adapter(name))
+        del self.loaded[version]
+        self._unrouted_at.pop(version, None)
+        log.info("adapter %s unloaded", version, extra={"adapter": version})

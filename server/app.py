@@ -1,5 +1,6 @@
 """The FastAPI app: serving objects are built once in the lifespan, routers stay thin."""
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from server.errors import install_error_handlers
 from server.limits import RateLimiter
 from server.metrics import Metrics
 from server.routes import (
+    adapters,
     chat_ws,
     comparisons,
     conversations,
@@ -45,24 +47,26 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
                                   max_context=loaded.max_context)
         engine.start()
         metrics = Metrics()
-        adapters = AdapterManager(engine=engine, store=AdapterStore(settings.adapters_dir),
-                                  db=db, base_name=_base_name(settings.model))
-        await adapters.sync()
+        manager = AdapterManager(engine=engine, store=AdapterStore(settings.adapters_dir),
+                                 db=db, base_name=_base_name(settings.model))
+        await manager.sync()
+        poller = asyncio.create_task(manager.run(every_s=settings.adapter_poll_s))
         settings.secret_key = settings.resolved_secret_key()
         app.state.settings = settings
         app.state.db = db
         app.state.is_demo = loaded.is_demo
         app.state.metrics = metrics
-        app.state.adapters = adapters
+        app.state.adapters = manager
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
         app.state.chat = ChatService(db=db, engine=engine, tokenizer=loaded.tokenizer,
-                                     adapters=adapters, metrics=metrics,
+                                     adapters=manager, metrics=metrics,
                                      max_context=loaded.max_context)
         log.info("serving %s%s", settings.model, " (random-weight demo model)"
                  if loaded.is_demo else "")
         try:
             yield
         finally:
+            poller.cancel()
             engine.stop()
             db.dispose()
 
@@ -81,7 +85,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
         return response
 
     for module in (operations, chat_ws, openai, conversations, ratings, comparisons,
-                   rewrites, flags):
+                   rewrites, flags, adapters):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

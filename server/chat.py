@@ -67,6 +67,7 @@ class ChatService:
         """Engine events for one answer, timed into the metrics."""
         started = time.perf_counter()
         first_token_at = None
+        self.adapters.acquire(adapter_version)
         self.metrics.active_streams.inc()
         try:
             async for event in self.engine.generate(
@@ -79,6 +80,7 @@ class ChatService:
                 yield event
         finally:
             self.metrics.active_streams.dec()
+            self.adapters.release(adapter_version)
 
     def _observe(self, finished: Finished, adapter_version: str | None, started: float,
                  first_token_at: float | None) -> None:

@@ -11,8 +11,10 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/healthz")
 def healthz(request: Request, adapters: Adapters) -> dict:
-    return {"status": "ok", "model": adapters.base_name, "live_adapter": adapters.live,
-            "demo": request.app.state.is_demo}
+    return {"status": "ok", "model": adapters.base_name, "demo": request.app.state.is_demo,
+            "live_adapter": adapters.live, "candidates": adapters.candidates,
+            "canary": adapters.canary, "loaded_adapters": sorted(adapters.loaded),
+            "refused_adapters": {v: error for v, (_, error) in adapters.failed.items()}}
 
 
 @router.get("/metrics")

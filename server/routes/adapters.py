@@ -1,0 +1,124 @@
+"""Operator routes: the adapter registry and training runs. Every action is audited under
+the operator's handle, and this server reconciles its adapters at once (the others
+converge by polling)."""
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from feedback.queries import adapters as registry
+from feedback.queries import runs
+from server.auth import Operator
+from server.deps import Adapters
+from server.store import SessionDep
+
+router = APIRouter(prefix="/api", tags=["operators"])
+
+
+class AdapterOut(BaseModel):
+    version: str
+    parent_version: str | None
+    base_model: str
+    status: str
+    sha256: str
+    traffic_share: float
+    eval_report: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    loaded: bool = False  # held in memory by the server that answered
+
+
+class TrafficIn(BaseModel):
+    share: float = Field(ge=0, le=1, description="share of default traffic, 0 to 1")
+
+
+class RunOut(BaseModel):
+    id: int
+    kind: str
+    status: str
+    data_window: dict[str, Any]
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    adapter_version: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+def _out(adapter, adapters) -> AdapterOut:
+    out = AdapterOut.model_validate(adapter, from_attributes=True)
+    out.loaded = adapter.version in adapters.loaded
+    return out
+
+
+@router.get("/adapters")
+def list_adapters(_: Operator, session: SessionDep, adapters: Adapters,
+                  status: str | None = None) -> list[AdapterOut]:
+    return [_out(a, adapters) for a in registry.list_adapters(session, status=status)]
+
+
+@router.get("/adapters/{version}")
+def show_adapter(version: str, _: Operator, session: SessionDep,
+                 adapters: Adapters) -> AdapterOut:
+    return _out(registry.get_adapter(session, version=version), adapters)
+
+
+async def _act(session, adapters, change) -> AdapterOut:
+    adapter = change()
+    session.commit()  # on disk before this server (and its replicas) act on it
+    await adapters.sync()
+    return _out(adapter, adapters)
+
+
+@router.post("/adapters/{version}/approve")
+async def approve(version: str, operator: Operator, session: SessionDep,
+                  adapters: Adapters) -> AdapterOut:
+    return await _act(session, adapters, lambda: registry.set_adapter_status(
+        session, version=version, status="approved", actor=operator.handle,
+        actor_id=operator.id))
+
+
+@router.post("/adapters/{version}/reject")
+async def reject(version: str, operator: Operator, session: SessionDep,
+                 adapters: Adapters) -> AdapterOut:
+    return await _act(session, adapters, lambda: registry.set_adapter_status(
+        session, version=version, status="rejected", actor=operator.handle,
+        actor_id=operator.id))
+
+
+@router.post("/adapters/{version}/promote")
+async def promote(version: str, operator: Operator, session: SessionDep,
+                  adapters: Adapters) -> AdapterOut:
+    """Make an approved adapter live; the live one retires in the same transaction."""
+    return await _act(session, adapters, lambda: registry.promote(
+        session, version=version, actor=operator.handle, actor_id=operator.id))
+
+
+@router.post("/adapters/rollback")
+async def rollback(operator: Operator, session: SessionDep, adapters: Adapters) -> AdapterOut:
+    """Bring back the previously live adapter, in one call."""
+    return await _act(session, adapters, lambda: registry.rollback(
+        session, actor=operator.handle, actor_id=operator.id))
+
+
+@router.put("/adapters/{version}/traffic")
+async def set_traffic(version: str, body: TrafficIn, operator: Operator,
+                      session: SessionDep, adapters: Adapters) -> AdapterOut:
+    """A canary: this share of default traffic goes to a candidate or approved adapter."""
+    def change():
+        adapter = registry.set_traffic_share(session, version=version, share=body.share)
+        registry.record_audit_event(session, actor=operator.handle, actor_id=operator.id,
+                                    action="traffic", adapter_version=version,
+                                    detail={"share": body.share})
+        return adapter
+    return await _act(session, adapters, change)
+
+
+@router.get("/training-runs")
+def list_runs(_: Operator, session: SessionDep, kind: str | None = None,
+              status: str | None = None,
+              limit: int = Query(50, ge=1, le=500)) -> list[RunOut]:
+    return [RunOut.model_validate(r, from_attributes=True)
+            for r in runs.list_runs(session, kind=kind, status=status, limit=limit)]
