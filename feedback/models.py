@@ -255,3 +255,12 @@ class AuditEvent(SQLModel, table=True):
     adapter_version: str | None = Field(default=None, max_length=64, index=True)
     detail: dict[str, Any] = _json(default=dict)
     created_at: datetime = _timestamp(index=True)
+
+
+class Lease(SQLModel, table=True):
+    """A named lock shared by every process through the database (e.g. "cycle": one
+    training cycle at a time). It expires unless renewed, so a crashed holder frees it."""
+
+    name: str = Field(primary_key=True, max_length=32)
+    holder: str = Field(max_length=128)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
