@@ -27,6 +27,14 @@ class Settings(BaseSettings):
     side_by_side_share: float = 0.1  # share of turns answered twice for a pick
     adapter_poll_s: float = 2.0  # how often servers reconcile adapters with the registry
 
+    # The training loop
+    cycle_interval_s: float = 600.0  # how often the worker considers a cycle
+    cycle_min_feedback: int = 50  # new votes needed before a cycle runs
+    auto_promote: bool = False  # promote a candidate that passes the gate, without an operator
+    auto_promote_min_win_rate: float = 0.55  # reward-model win rate over the live adapter
+    auto_promote_max_kl: float = 5.0  # nats per answer to the base model
+    auto_promote_max_degenerate: float = 0.1  # share of empty or degenerate answers
+
     def resolved_secret_key(self) -> str:
         """The configured secret, else one generated once and kept in the data directory
         (so sessions survive restarts and servers sharing the directory agree)."""

@@ -73,3 +73,14 @@ def list_runs(session: Session, *, kind: str | None = None, status: str | None =
     if status is not None:
         query = query.where(TrainingRun.status == _run_status(status))
     return list(session.exec(query))
+
+
+def record_progress(session: Session, *, run_id: int, metrics: dict[str, Any]) -> TrainingRun:
+    """Replace a running run's metrics with the latest, so its progress can be watched."""
+    run = get_run(session, run_id=run_id)
+    if run.status != RunStatus.running:
+        raise RegistryError(f"training run {run_id} has already {run.status}")
+    run.metrics = dict(metrics)
+    session.add(run)
+    session.flush()
+    return run

@@ -40,12 +40,29 @@ def demo_model(
 def serve(host: HostOption = None, port: PortOption = None, model: ModelOption = None,
           db: DbOption = None, data_dir: DataDirOption = None) -> None:
     """Serve the chat: websocket, OpenAI-compatible API, voting and operator routes."""
+    run_server(settings_from(host=host, port=port, model=model, db=db, data_dir=data_dir))
+
+
+def up(host: HostOption = None, port: PortOption = None, model: ModelOption = None,
+       db: DbOption = None, data_dir: DataDirOption = None) -> None:
+    """Everything on one machine: the chat server and the training scheduler."""
+    from trainer.worker import make_scheduler
+
+    settings = settings_from(host=host, port=port, model=model, db=db, data_dir=data_dir)
+    scheduler = make_scheduler(settings, background=True)
+    scheduler.start()
+    try:
+        run_server(settings)
+    finally:
+        scheduler.shutdown(wait=False)
+
+
+def run_server(settings) -> None:
     import uvicorn
 
     from feedback.db import open_store
     from server.app import create_app
 
-    settings = settings_from(host=host, port=port, model=model, db=db, data_dir=data_dir)
     open_store(settings.db_url).dispose()  # a bad --db fails here, as one line
     configure_logging(settings.log_format)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,

@@ -1,0 +1,233 @@
+"""One training cycle, top to bottom: feedback → reward model → PPO → evaluation →
+a candidate adapter for an operator to judge.
+
+Only one cycle runs at a time across every process and machine: the cycle holds the
+"cycle" lease in the database and renews it while it works. A worker that dies mid-cycle
+stops renewing; the next cycle takes the lease over, marks the dead run failed, and starts
+clean. Nothing half-made becomes visible: the reward model and the adapter are written
+atomically, and the adapter is registered only once it is stored and evaluated.
+"""
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from feedback.db import session_scope
+from feedback.models import RunKind, RunStatus, utcnow
+from feedback.queries import adapters as registry
+from feedback.queries import runs
+from feedback.queries.activity import feedback_counts
+from feedback.queries.leases import acquire_lease, release_lease
+from flywheel.adapter_store import AdapterStore
+from flywheel.model_loading import load_model
+from flywheel.settings import Settings
+from trainer.data import preference_pairs, user_prompts
+from trainer.evaluate import EvalConfig, evaluate_candidate, render_markdown
+from trainer.ppo import PPOConfig, prepare_policy, train_ppo
+from trainer.reward import (
+    RewardConfig,
+    RewardModel,
+    current_reward_model,
+    new_version_dir,
+    promote_if_not_worse,
+    reward_models_dir,
+    train_reward_model,
+)
+
+log = logging.getLogger(__name__)
+LEASE = "cycle"
+
+
+@dataclass
+class CycleConfig:
+    min_new_feedback: int = 50  # votes since the last cycle before a new one is worth it
+    min_pairs: int = 20  # preference pairs the reward model needs at the least
+    prompt_limit: int = 512  # user turns PPO may train on
+    eval_share: float = 0.2  # of those, held out for the candidate's evaluation
+    lease_ttl_s: float = 120.0  # a cycle whose worker stops renewing for this long is dead
+    seed: int = 0
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class CycleResult:
+    status: str  # "succeeded", "skipped" or "failed"
+    reason: str = ""
+    run_id: int | None = None
+    adapter_version: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def run_cycle(settings: Settings, engine: Engine, config: CycleConfig | None = None, *,
+              force: bool = False) -> CycleResult:
+    """Run one cycle now, unless another is running or (without `force`) too little new
+    feedback has arrived."""
+    config = config or CycleConfig()
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    with session_scope(engine) as session:
+        if not acquire_lease(session, name=LEASE, holder=holder, ttl_s=config.lease_ttl_s):
+            return CycleResult("skipped", "another cycle is running")
+    heartbeat = _Heartbeat(engine, holder, config.lease_ttl_s)
+    try:
+        with session_scope(engine) as session:
+            _fail_abandoned_runs(session)
+            since = _last_cycle_end(session)
+            counts = feedback_counts(session, since=since)
+            new = sum(counts.values())
+            if new < config.min_new_feedback and not force:
+                return CycleResult("skipped", f"{new} new votes since the last cycle; "
+                                   f"waiting for {config.min_new_feedback}")
+            run_id = runs.start_run(
+                session, kind=RunKind.cycle, config=_jsonable(asdict(config)),
+                data_window={"since": since.isoformat() if since else None,
+                             "until": utcnow().isoformat(), "new_feedback": counts}).id
+        try:
+            return _train(settings, engine, config, run_id)
+        except Exception as e:
+            log.exception("cycle %d failed", run_id)
+            with session_scope(engine) as session:
+                runs.fail_run(session, run_id=run_id, error=f"{type(e).__name__}: {e}")
+            return CycleResult("failed", str(e), run_id)
+    finally:
+        heartbeat.stop()
+        with session_scope(engine) as session:
+            release_lease(session, name=LEASE, holder=holder)
+
+
+def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int) -> CycleResult:
+    metrics: dict[str, Any] = {}
+
+    def progress(stage: str, figures: dict) -> None:
+        metrics[stage] = figures
+        with session_scope(engine) as session:
+            runs.record_progress(session, run_id=run_id, metrics=metrics)
+
+    # 1. Reward model, from every kind of vote. It replaces the current one only if it is
+    #    not worse on the held-out conversations.
+    split = preference_pairs(engine, seed=config.seed)
+    if len(split.train) < config.min_pairs:
+        raise ValueError(f"{len(split.train)} preference pairs; the reward model needs "
+                         f"{config.min_pairs}")
+    reward_model, rm_metrics = train_reward_model(split.train, split.heldout, config.reward,
+                                                  train_labels=split.train_labels)
+    rm_root = reward_models_dir(settings.data_dir)
+    rm_dir = reward_model.save(new_version_dir(rm_root))
+    kept = promote_if_not_worse(rm_dir, current_reward_model(rm_root), split.heldout)
+    reward_model = reward_model if kept else RewardModel.load(current_reward_model(rm_root))
+    progress("reward", {**rm_metrics, "version": rm_dir.name, "replaced_current": kept,
+                        "pairs": len(split.train), "heldout_pairs": len(split.heldout)})
+
+    # 2. PPO on LoRA, warm-started from the live adapter; the base model (adapter off) is
+    #    the KL reference. Some real user prompts are kept back for the evaluation.
+    prompts = user_prompts(engine, limit=config.prompt_limit, seed=config.seed)
+    cut = max(1, int(len(prompts) * config.eval_share))
+    eval_prompts, train_prompts = prompts[:cut], prompts[cut:] or prompts
+    with session_scope(engine) as session:
+        live = registry.live_adapter(session)
+        live_version = live.version if live else None
+    loaded = load_model(settings.model, models_dir=settings.models_dir)
+    store = AdapterStore(settings.adapters_dir)
+    policy = prepare_policy(loaded.model, config.ppo, store=store, warm_start=live_version)
+    steps: list[dict] = []
+
+    def on_step(step: dict) -> None:
+        steps.append(step)
+        progress("ppo", {"steps": steps})
+
+    result = train_ppo(policy, loaded.tokenizer, train_prompts,
+                       lambda p, c: reward_model.score(p, c), config.ppo, on_step=on_step)
+    progress("ppo", {"steps": steps, "stop_reason": result.stop_reason,
+                     "timings": result.timings})
+
+    # 3. Evaluate against the live adapter (or the base model) on held-out prompts.
+    baseline = None
+    if live_version is not None:
+        store.load(result.model, live_version, adapter_name="baseline")
+        baseline = "baseline"
+    report = evaluate_candidate(result.model, loaded.tokenizer, reward_model, eval_prompts,
+                                candidate="default", baseline=baseline, config=config.eval)
+    report["baseline"] = live_version or "base"
+
+    # 4. Store the adapter (atomically), then register it as a candidate with its report.
+    with session_scope(engine) as session:
+        version = store.next_version()
+        stored = store.save(result.model, version, adapter_name="default",
+                            parent=live_version, base_model=settings.model)
+        registry.register_adapter(session, version=version, base_model=settings.model,
+                                  path=str(stored.path), sha256=stored.sha256,
+                                  parent_version=live_version, status="candidate")
+        registry.set_eval_report(session, version=version,
+                                 report={**report, "markdown": render_markdown(report)})
+        summary = {**metrics, "eval": {k: v for k, v in report.items() if k != "samples"}}
+        runs.finish_run(session, run_id=run_id, metrics=summary, adapter_version=version)
+    log.info("cycle %d made candidate %s", run_id, version)
+    if settings.auto_promote:
+        _auto_promote(settings, engine, version, report)
+    return CycleResult("succeeded", run_id=run_id, adapter_version=version, metrics=summary)
+
+
+def _auto_promote(settings: Settings, engine: Engine, version: str, report: dict) -> None:
+    """Promote without an operator, only through the gate (an explicit setting)."""
+    win = report["reward_model_win_rate"]["rate"] or 0.0
+    bad = report["empty_rate"] + report["degenerate_rate"]
+    gate = {"win_rate": win, "kl_to_base": report["kl_to_base"], "empty_or_degenerate": bad}
+    passed = (win >= settings.auto_promote_min_win_rate
+              and report["kl_to_base"] <= settings.auto_promote_max_kl
+              and bad <= settings.auto_promote_max_degenerate)
+    with session_scope(engine) as session:
+        if passed:
+            registry.set_adapter_status(session, version=version, status="approved",
+                                        actor="scheduler", detail={"gate": gate})
+            registry.promote(session, version=version, actor="scheduler")
+        else:
+            registry.record_audit_event(session, actor="scheduler", action="gate_failed",
+                                        adapter_version=version, detail={"gate": gate})
+    log.info("auto-promotion of %s: %s", version, "promoted" if passed else "held back",
+             extra=gate)
+
+
+def _fail_abandoned_runs(session) -> None:
+    """We hold the lease, so a cycle still marked running has lost its worker."""
+    for run in runs.list_runs(session, kind=RunKind.cycle, status=RunStatus.running):
+        runs.fail_run(session, run_id=run.id, error="the worker stopped mid-cycle")
+        log.warning("cycle %d was abandoned by its worker; marked failed", run.id)
+
+
+def _last_cycle_end(session) -> datetime | None:
+    done = runs.list_runs(session, kind=RunKind.cycle, status=RunStatus.succeeded, limit=1)
+    return datetime.fromisoformat(done[0].data_window["until"]) if done else None
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value if isinstance(value, (str, int, float, bool, type(None), list)) else str(value)
+
+
+class _Heartbeat:
+    """Renews the lease in the background while the cycle works."""
+
+    def __init__(self, engine: Engine, holder: str, ttl_s: float):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(engine, holder, ttl_s),
+                                        daemon=True, name="cycle-lease")
+        self._thread.start()
+
+    def _run(self, engine: Engine, holder: str, ttl_s: float) -> None:
+        while not self._stop.wait(ttl_s / 3):
+            with session_scope(engine) as session:
+                if not acquire_lease(session, name=LEASE, holder=holder, ttl_s=ttl_s):
+                    log.error("lost the cycle lease to another worker")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
