@@ -25,8 +25,9 @@ def battle_record(session: Session, *, model: str | None, opponent: str | None) 
     query = select(Comparison).where(col(Comparison.choice).is_not(None))
     comparisons = [c for c in session.exec(query) if len(c.candidate_ids) == 2]
     ids = {i for c in comparisons for i in c.candidate_ids}
-    version = dict(session.exec(select(Message.id, Message.adapter_version)
-                                .where(col(Message.id).in_(ids)))) if ids else {}
+    rows = session.exec(select(Message.id, Message.adapter_version)
+                        .where(col(Message.id).in_(ids))).all() if ids else []
+    version = {message_id: adapter for message_id, adapter in rows}
     counts = {Choice.a: 0, Choice.b: 0, Choice.tie: 0, Choice.both_bad: 0}
     wins = losses = 0
     for c in comparisons:
