@@ -1,0 +1,71 @@
+"""Candidate evaluation on the demo model, with a reward that is easy to reason about."""
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from flywheel.model_loading import load_model, lora_config
+from trainer.evaluate import EvalConfig, evaluate_candidate, render_markdown
+
+
+class LengthReward:
+    """Longer answers score higher: 1 per 10 characters."""
+
+    def score(self, prompts, completions):
+        return torch.tensor([len(c) / 10 for c in completions])
+
+
+@pytest.fixture(scope="module")
+def policy(models_dir):
+    loaded = load_model("demo", models_dir=models_dir)
+    model = get_peft_model(loaded.model, lora_config(loaded.model, r=4), adapter_name="cand")
+    torch.manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.5)
+    return model, loaded.tokenizer
+
+
+PROMPTS = [[{"role": "user", "content": f"tell me about topic {i}"}] for i in range(6)]
+CONFIG = EvalConfig(max_new_tokens=8, batch_size=4, samples=2)
+
+
+def test_report_compares_candidate_and_base(policy):
+    model, tokenizer = policy
+    report = evaluate_candidate(model, tokenizer, LengthReward(), PROMPTS, candidate="cand",
+                                baseline=None, config=CONFIG)
+    assert report["prompts"] == 6 and report["baseline"] == "base"
+    r = report["reward"]
+    assert r["delta"] == pytest.approx(r["candidate"] - r["baseline"], abs=1e-6)
+    assert r["delta_low"] <= r["delta"] <= r["delta_high"]
+    assert 0 <= report["reward_model_win_rate"]["rate"] <= 1
+    assert report["kl_to_base"] > 0.1  # the perturbed adapter moved away from the base
+    assert 0 < report["length"]["candidate"] <= 8
+    assert len(report["samples"]) == 2
+    assert report["samples"][0]["prompt"] == "tell me about topic 0"
+
+
+def test_a_candidate_equal_to_its_baseline_has_zero_kl_and_delta(policy):
+    model, tokenizer = policy
+    report = evaluate_candidate(model, tokenizer, LengthReward(), PROMPTS, candidate="cand",
+                                baseline="cand", config=EvalConfig(max_new_tokens=8,
+                                                                   temperature=0))
+    assert report["reward"]["delta"] == 0
+    assert report["length"]["drift"] == 0
+
+
+def test_markdown_report_shows_the_figures_and_samples(policy):
+    model, tokenizer = policy
+    report = evaluate_candidate(model, tokenizer, LengthReward(), PROMPTS[:2],
+                                candidate="cand", baseline=None, config=CONFIG)
+    page = render_markdown(report)
+    assert page.startswith("# cand vs base")
+    assert "reward-model win rate" in page and "KL to the base model" in page
+    assert "**Prompt:** tell me about topic 0" in page
+
+
+def test_evaluation_needs_prompts(policy):
+    model, tokenizer = policy
+    with pytest.raises(ValueError, match="held-out prompts"):
+        evaluate_candidate(model, tokenizer, LengthReward(), [], candidate="cand",
+                           baseline=None)
