@@ -114,8 +114,12 @@ class AdapterManager:
             for version, sha256 in desired.sha256.items():
                 if version not in self.loaded and self.failed.get(version, ("",))[0] != sha256:
                     await self._load(version, sha256)
-            # The switch: plain assignments, no await between them.
-            self.live = desired.live if desired.live in self.loaded else None
+            # Refusals of adapters no longer wanted are forgotten (one wanted again is retried).
+            self.failed = {v: f for v, f in self.failed.items() if v in desired.sha256}
+            # The switch: plain assignments, no await between them. An adapter refused as
+            # the new live one leaves the live one serving (it stays loaded and routed).
+            if desired.live is None or desired.live in self.loaded:
+                self.live = desired.live
             self.candidates = [v for v in desired.candidates if v in self.loaded]
             self.canary = {v: s for v, s in desired.canary.items() if v in self.loaded}
             routable = self.routable()
@@ -167,12 +171,21 @@ class AdapterManager:
             if not torch.isfinite(logits).all():
                 raise ValueError("its smoke generation gave non-finite logits")
         except Exception:
-            self.engine.model.delete_adapter(name)
+            self._drop_on_engine(name)
             raise
+
+    def _drop_on_engine(self, name: str) -> None:
+        """Remove one adapter from the model. Removing the last one unwraps the base model:
+        a PeftModel left with no adapter can neither generate nor take a new adapter."""
+        model = self.engine.model
+        if set(model.peft_config) == {name}:
+            self.engine.model = model.unload()
+        else:
+            model.delete_adapter(name)
 
     async def _unload(self, version: str) -> None:
         name = self.engine_name(version)
-        await self.engine.call(lambda: self.engine.model.delete_adapter(name))
+        await self.engine.call(lambda: self._drop_on_engine(name))
         del self.loaded[version]
         self._unrouted_at.pop(version, None)
         log.info("adapter %s unloaded", version, extra={"adapter": version})

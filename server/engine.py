@@ -171,6 +171,9 @@ class GenerationEngine:
     def _run_calls(self) -> None:
         while not self._calls.empty():
             fn, future = self._calls.get()
+            # Rows cancelled before this call was queued leave the batch first: the call
+            # may unload the adapter such a row names (its pin was released on cancel).
+            self._retire()
             try:
                 future.set_result(fn())
             except Exception as e:
@@ -196,14 +199,14 @@ class GenerationEngine:
         if not new:
             return
         try:
+            seqs = [_Sequence(r, TextStream(stop=r.params.stop), self._generator(r.params.seed))
+                    for r in new]
             logits, cache, mask = self._prefill(new)
         except Exception as e:
             log.exception("prefill failed for %d requests", len(new))
             for request in new:
                 request.send(Failed(f"generation failed: {e}"))
             return
-        seqs = [_Sequence(r, TextStream(stop=r.params.stop), self._generator(r.params.seed))
-                for r in new]
         self._join(seqs, cache, mask)
         self._sample_and_emit(seqs, logits)
 

@@ -8,9 +8,10 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from feedback.errors import InvalidFeedback, NotFound
+from feedback.errors import InvalidFeedback, NotFound, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,11 @@ ERROR_TYPES = {
     500: "server_error",
     503: "overloaded_error",
 }
+
+
+# What a database refuses to store is the request's fault, e.g. a NUL character in a text
+# (PostgreSQL) or a number beyond its column.
+UNSTORABLE = "the request holds a value the database cannot store (e.g. a NUL character)"
 
 
 class APIError(Exception):
@@ -57,6 +63,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidFeedback)
     async def invalid_feedback(_: Request, e: InvalidFeedback):
         return error_response(422, str(e), "invalid_feedback")
+
+    @app.exception_handler(RegistryError)
+    async def registry_conflict(_: Request, e: RegistryError):
+        # An illegal move for the registry's current state (e.g. promoting a rejected
+        # adapter, rolling back with nothing retired): a conflict, not a malformed request.
+        return error_response(409, str(e), "registry_conflict")
+
+    @app.exception_handler(DataError)
+    async def unstorable(_: Request, e: DataError):
+        return error_response(422, UNSTORABLE, "unstorable_value")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, e: RequestValidationError):

@@ -24,6 +24,9 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if len(self.stop) > 4 or any(not s for s in self.stop):
             raise ValueError("stop takes up to 4 non-empty strings")
+        if self.seed is not None and not -(2**31) <= self.seed < 2**31:
+            # the feedback store keeps each answer's seed in a 32-bit INTEGER column
+            raise ValueError("seed must be a signed 32-bit integer")
 
 
 def top_p_filter(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

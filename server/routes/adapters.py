@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from feedback.models import AdapterStatus, RunKind, RunStatus
 from feedback.queries import adapters as registry
 from feedback.queries import runs
 from server.auth import Operator
@@ -55,7 +56,7 @@ def _out(adapter, adapters) -> AdapterOut:
 
 @router.get("/adapters")
 def list_adapters(_: Operator, session: SessionDep, adapters: Adapters,
-                  status: str | None = None) -> list[AdapterOut]:
+                  status: AdapterStatus | None = None) -> list[AdapterOut]:
     return [_out(a, adapters) for a in registry.list_adapters(session, status=status)]
 
 
@@ -117,8 +118,8 @@ async def set_traffic(version: str, body: TrafficIn, operator: Operator,
 
 
 @router.get("/training-runs")
-def list_runs(_: Operator, session: SessionDep, kind: str | None = None,
-              status: str | None = None,
+def list_runs(_: Operator, session: SessionDep, kind: RunKind | None = None,
+              status: RunStatus | None = None,
               limit: int = Query(50, ge=1, le=500)) -> list[RunOut]:
     return [RunOut.model_validate(r, from_attributes=True)
             for r in runs.list_runs(session, kind=kind, status=status, limit=limit)]

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import time
 from dataclasses import replace
@@ -10,6 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from sqlalchemy.exc import DataError
 
 from feedback.db import session_scope
 from feedback.errors import InvalidFeedback, NotFound
@@ -18,10 +20,12 @@ from feedback.queries import votes
 from server import auth
 from server.chat import ChatService
 from server.engine import Failed, Finished, Token
-from server.errors import APIError, error_body
+from server.errors import UNSTORABLE, APIError, error_body
 from server.limits import check_capacity
 from server.sampling import SamplingParams
+from server.store import RowId
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
 
 
@@ -36,8 +40,8 @@ class Sampling(BaseModel):
 class UserTurn(BaseModel):
     type: Literal["user_turn"]
     content: str = Field(min_length=1)
-    conversation_id: int | None = None
-    parent_id: int | None = None
+    conversation_id: RowId | None = None
+    parent_id: RowId | None = None
     model: str | None = None
     side_by_side: bool | None = None  # None: the server decides
     params: Sampling = Field(default_factory=Sampling)
@@ -45,7 +49,7 @@ class UserTurn(BaseModel):
 
 class Pick(BaseModel):
     type: Literal["pick"]
-    comparison_id: int
+    comparison_id: RowId
     choice: Literal["a", "b", "tie", "both_bad"]
 
 
@@ -87,7 +91,8 @@ async def chat(websocket: WebSocket):
     app = websocket.app
     chat_service: ChatService = app.state.chat
     user, cookie = await asyncio.to_thread(_authenticate, websocket)
-    if user is None:
+    if user is None:  # accepted first: a close before accepting reaches clients as HTTP 403
+        await websocket.accept()
         await websocket.close(code=4401, reason="invalid API key")
         return
     await websocket.accept(headers=[(b"set-cookie", cookie.encode())] if cookie else None)
@@ -154,6 +159,12 @@ class _ChatSession:
             await self.error(404, str(e), "not_found")
         except InvalidFeedback as e:
             await self.error(422, str(e), "invalid_feedback")
+        except DataError:
+            await self.error(422, UNSTORABLE, "unstorable_value")
+        except Exception:  # never leave the client waiting for a turn that died
+            log.exception("websocket turn failed")
+            with contextlib.suppress(Exception):  # the socket may be gone too
+                await self.error(500, "internal server error", "internal_error")
 
     async def _run_turn(self, turn: UserTurn) -> None:
         state = self.ws.app.state
@@ -162,7 +173,10 @@ class _ChatSession:
             raise APIError(413, f"messages are limited to {settings.max_message_chars} "
                            "characters", code="message_too_long")
         adapter = state.adapters.resolve(turn.model)
-        answers = self._plan(turn, adapter)
+        try:
+            answers = self._plan(turn, adapter)
+        except ValueError as e:  # sampling parameters SamplingParams refuses
+            raise APIError(422, str(e), code="invalid_request") from None
         state.rate_limiter.check(self.user_id)
         check_capacity(self.chat.engine, settings.max_queue, cost=len(answers))
         state.metrics.requests.labels("websocket").inc()
@@ -210,7 +224,7 @@ class _ChatSession:
         if candidates and turn.model is None:
             pair = [(adapter, params), (random.choice(candidates), params)]
         else:  # two samples of the same model, with different seeds
-            seed = p.seed if p.seed is not None else random.randrange(2**31)
+            seed = p.seed if p.seed is not None else random.randrange(2**31 - 1)
             temperature = params.temperature or 0.7
             pair = [(adapter, replace(params, seed=seed, temperature=temperature)),
                     (adapter, replace(params, seed=seed + 1, temperature=temperature))]

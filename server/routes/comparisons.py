@@ -9,15 +9,15 @@ from feedback.queries import conversations as convs
 from feedback.queries import votes
 from server.auth import CurrentUser
 from server.deps import MetricsDep
-from server.store import SessionDep
+from server.store import RowId, SessionDep
 
 router = APIRouter(prefix="/api/comparisons", tags=["comparisons"])
 
 
 class Verdict(BaseModel):
     choice: Literal["a", "b", "tie", "both_bad"] | None = None
-    ranking: list[int] | None = Field(None, min_length=2, max_length=16,
-                                      description="message ids, best first")
+    ranking: list[RowId] | None = Field(None, min_length=2, max_length=16,
+                                        description="message ids, best first")
 
     @model_validator(mode="after")
     def one_of(self):
@@ -27,9 +27,9 @@ class Verdict(BaseModel):
 
 
 class RankingIn(BaseModel):
-    prompt_message_id: int
-    ranking: list[int] = Field(min_length=2, max_length=16,
-                               description="answers to the prompt, best first")
+    prompt_message_id: RowId
+    ranking: list[RowId] = Field(min_length=2, max_length=16,
+                                 description="answers to the prompt, best first")
 
 
 class ComparisonOut(BaseModel):
@@ -41,7 +41,7 @@ class ComparisonOut(BaseModel):
 
 
 @router.post("/{comparison_id}/verdict")
-def decide(comparison_id: int, body: Verdict, user: CurrentUser, session: SessionDep,
+def decide(comparison_id: RowId, body: Verdict, user: CurrentUser, session: SessionDep,
            metrics: MetricsDep) -> ComparisonOut:
     """Record (or replace) the verdict on a side-by-side turn shown to this user."""
     comparison = votes.record_choice(session, comparison_id=comparison_id, user_id=user.id,

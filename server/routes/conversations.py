@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from feedback.queries import conversations as convs
 from server.auth import CurrentUser
-from server.store import SessionDep
+from server.store import MAX_ROW_ID, RowId, SessionDep
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 
@@ -37,13 +37,13 @@ class ConversationDetail(ConversationOut):
 @router.get("")
 def list_conversations(user: CurrentUser, session: SessionDep,
                        limit: int = Query(50, ge=1, le=200),
-                       offset: int = Query(0, ge=0)) -> list[ConversationOut]:
+                       offset: int = Query(0, ge=0, le=MAX_ROW_ID)) -> list[ConversationOut]:
     return [ConversationOut.model_validate(c, from_attributes=True) for c in
             convs.list_conversations(session, user_id=user.id, limit=limit, offset=offset)]
 
 
 @router.get("/{conversation_id}")
-def read_conversation(conversation_id: int, user: CurrentUser,
+def read_conversation(conversation_id: RowId, user: CurrentUser,
                       session: SessionDep) -> ConversationDetail:
     conversation = convs.get_conversation(session, conversation_id=conversation_id,
                                           user_id=user.id)
@@ -54,7 +54,7 @@ def read_conversation(conversation_id: int, user: CurrentUser,
 
 
 @router.delete("/{conversation_id}", status_code=204)
-def delete_conversation(conversation_id: int, user: CurrentUser,
+def delete_conversation(conversation_id: RowId, user: CurrentUser,
                         session: SessionDep) -> Response:
     convs.delete_conversation(session, conversation_id=conversation_id, user_id=user.id)
     return Response(status_code=204)

@@ -8,7 +8,7 @@ from feedback.queries import conversations as convs
 from feedback.queries import votes
 from server.auth import CurrentUser
 from server.deps import MetricsDep
-from server.store import SessionDep
+from server.store import RowId, SessionDep
 
 router = APIRouter(prefix="/api/messages", tags=["flags"])
 
@@ -24,7 +24,7 @@ class FlagOut(FlagIn):
 
 
 @router.post("/{message_id}/flags", status_code=201)
-def flag(message_id: int, body: FlagIn, user: CurrentUser, session: SessionDep,
+def flag(message_id: RowId, body: FlagIn, user: CurrentUser, session: SessionDep,
          metrics: MetricsDep) -> FlagOut:
     convs.get_message(session, message_id=message_id, user_id=user.id)
     stored = votes.add_flag(session, message_id=message_id, user_id=user.id,

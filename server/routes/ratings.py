@@ -7,7 +7,7 @@ from feedback.queries import conversations as convs
 from feedback.queries import votes
 from server.auth import CurrentUser
 from server.deps import MetricsDep
-from server.store import SessionDep
+from server.store import RowId, SessionDep
 
 router = APIRouter(prefix="/api/messages", tags=["ratings"])
 
@@ -24,7 +24,7 @@ class RatingOut(RatingIn):
 
 
 @router.put("/{message_id}/rating")
-def rate(message_id: int, body: RatingIn, user: CurrentUser, session: SessionDep,
+def rate(message_id: RowId, body: RatingIn, user: CurrentUser, session: SessionDep,
          metrics: MetricsDep) -> RatingOut:
     convs.get_message(session, message_id=message_id, user_id=user.id)
     rating = votes.upsert_rating(session, message_id=message_id, user_id=user.id,

@@ -7,7 +7,7 @@ from feedback.queries import conversations as convs
 from feedback.queries import votes
 from server.auth import CurrentUser
 from server.deps import MetricsDep
-from server.store import SessionDep
+from server.store import RowId, SessionDep
 
 router = APIRouter(prefix="/api/messages", tags=["rewrites"])
 
@@ -22,7 +22,7 @@ class RewriteOut(RewriteIn):
 
 
 @router.post("/{message_id}/rewrites", status_code=201)
-def rewrite(message_id: int, body: RewriteIn, user: CurrentUser, session: SessionDep,
+def rewrite(message_id: RowId, body: RewriteIn, user: CurrentUser, session: SessionDep,
             metrics: MetricsDep) -> RewriteOut:
     convs.get_message(session, message_id=message_id, user_id=user.id)
     stored = votes.add_rewrite(session, message_id=message_id, user_id=user.id,

@@ -1,0 +1,214 @@
+"""The OpenAI-compatible API, through the real `openai` SDK and as raw bytes."""
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from feedback.models import Conversation, Message
+from tests.server.support import add_user, bearer, db_session, greedy_references
+
+PROMPT = "write a haiku about tests"
+MESSAGES = [{"role": "user", "content": PROMPT}]
+
+
+@pytest.fixture(scope="module")
+def reference(demo) -> str:
+    """The greedy answer of 8 tokens (computed before the server starts)."""
+    return greedy_references(demo, [PROMPT], 8)[0]
+
+
+@pytest.fixture(scope="module")
+def key(live, app) -> str:
+    return add_user(app.state.db)[1]
+
+
+@pytest.fixture(scope="module")
+def sdk(live, key) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key=key, max_retries=0, timeout=60,
+                         http_client=httpx.Client(trust_env=False))
+
+
+@pytest.fixture(scope="module")
+def http(live, key):
+    with httpx.Client(base_url=live.url, headers=bearer(key), timeout=60,
+                      trust_env=False) as http:
+        yield http
+
+
+def _sse_events(body: bytes) -> list[str]:
+    """The events of an SSE body, each exactly `data: ...` followed by a blank line."""
+    assert body.endswith(b"\n\n")
+    events = body.decode().split("\n\n")[:-1]
+    assert all(e.startswith("data: ") and "\n" not in e for e in events), events
+    return [e[len("data: "):] for e in events]
+
+
+def test_models_lists_the_default_and_the_base_model(sdk) -> None:
+    models = sdk.models.list().data
+    assert [m.id for m in models] == ["flywheel", "demo"]
+    assert all(m.object == "model" and m.owned_by == "flywheel" for m in models)
+
+
+def test_a_completion_answers_and_carries_the_message_id_to_vote_on(reference, sdk, http,
+                                                                    app) -> None:
+    completion = sdk.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=8,
+                                             temperature=0)
+
+    assert completion.id.startswith("chatcmpl-") and completion.object == "chat.completion"
+    assert completion.model == "demo"
+    choice = completion.choices[0]
+    assert choice.index == 0 and choice.finish_reason == "length"
+    assert (choice.message.role, choice.message.content) == ("assistant", reference)
+    assert completion.usage.completion_tokens == 8
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + 8
+    message_id = choice.model_extra["message_id"]
+    with db_session(app) as session:
+        answer = session.get(Message, message_id)
+        assert (answer.role, answer.content, answer.finish_reason) == (
+            "assistant", reference, "length")
+        question = session.get(Message, answer.parent_id)
+        assert (question.role, question.content) == ("user", PROMPT)
+        assert session.get(Conversation, answer.conversation_id).source == "api"
+
+    vote = http.put(f"/api/messages/{message_id}/rating", json={"thumb": 1})
+    assert vote.status_code == 200 and vote.json()["message_id"] == message_id
+    _, stranger = add_user(app.state.db)
+    assert http.put(f"/api/messages/{message_id}/rating", json={"thumb": -1},
+                    headers=bearer(stranger)).status_code == 404
+
+
+def test_streaming_through_the_sdk_with_usage(reference, sdk) -> None:
+    chunks = list(sdk.chat.completions.create(
+        model="flywheel", messages=MESSAGES, max_tokens=8, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+
+    assert len({c.id for c in chunks}) == 1
+    assert all(c.object == "chat.completion.chunk" and c.model == "flywheel" for c in chunks)
+    first, *middle, finish, usage = chunks
+    assert first.choices[0].delta.role == "assistant" and first.choices[0].delta.content == ""
+    assert "".join(c.choices[0].delta.content for c in middle) == reference
+    assert all(c.choices[0].finish_reason is None and c.usage is None for c in middle)
+    assert finish.choices[0].finish_reason == "length" and finish.usage is None
+    assert isinstance(finish.choices[0].model_extra["message_id"], int)
+    assert usage.choices == []
+    assert usage.usage.completion_tokens == 8
+    assert usage.usage.total_tokens == usage.usage.prompt_tokens + 8
+
+
+def test_the_stream_is_openai_s_bytes(reference, http) -> None:
+    body = {"model": "demo", "messages": MESSAGES, "max_tokens": 8, "temperature": 0,
+            "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        raw = response.read()
+    events = _sse_events(raw)
+
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    # Compact JSON, in OpenAI's key order, without a usage key unless it was asked for.
+    assert events[0] == json.dumps(chunks[0], separators=(",", ":"))
+    assert all(list(c) == ["id", "object", "created", "model", "system_fingerprint", "choices"]
+               for c in chunks)
+    assert chunks[0]["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                     "logprobs": None, "finish_reason": None}]
+    deltas = [c["choices"][0]["delta"] for c in chunks[1:-1]]
+    assert all(list(d) == ["content"] for d in deltas)
+    assert "".join(d["content"] for d in deltas) == reference
+    last = chunks[-1]["choices"][0]
+    assert (last["delta"], last["finish_reason"]) == ({}, "length")
+
+
+def test_include_usage_adds_a_null_usage_to_every_chunk_and_a_usage_chunk(http) -> None:
+    body = {"model": "demo", "messages": MESSAGES, "max_tokens": 3, "stream": True,
+            "stream_options": {"include_usage": True}}
+    response = http.post("/v1/chat/completions", json=body)
+    chunks = [json.loads(e) for e in _sse_events(response.content)[:-1]]
+
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_n_answers_stream_side_by_side_and_can_be_ranked(sdk, http, app) -> None:
+    chunks = list(sdk.chat.completions.create(
+        model="demo", messages=MESSAGES, max_tokens=6, temperature=1.0, seed=3, n=2,
+        stream=True))
+    finished = {c.choices[0].index: c.choices[0].model_extra["message_id"]
+                for c in chunks if c.choices and c.choices[0].finish_reason}
+    texts = {i: "".join(c.choices[0].delta.content or "" for c in chunks
+                        if c.choices and c.choices[0].index == i) for i in (0, 1)}
+
+    assert set(finished) == {0, 1} and finished[0] != finished[1]
+    assert texts[0] != texts[1]  # seeds 3 and 4
+
+    again = sdk.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=6,
+                                        temperature=1.0, seed=3, n=2)
+    assert [c.message.content for c in again.choices] == [texts[0], texts[1]]
+    assert again.usage.completion_tokens == 12
+
+    with db_session(app) as session:
+        prompt = session.get(Message, finished[0]).parent_id
+        assert session.get(Message, finished[1]).parent_id == prompt
+    ranked = http.post("/api/comparisons", json={"prompt_message_id": prompt,
+                                                 "ranking": [finished[1], finished[0]]})
+    assert ranked.status_code == 201
+    assert ranked.json()["ranking"] == [finished[1], finished[0]]
+
+
+def test_stop_strings_and_content_parts(reference, sdk) -> None:
+    stop = reference[len(reference) // 2:][:3]
+    cut = sdk.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=8,
+                                      temperature=0, stop=stop)
+    assert cut.choices[0].message.content == reference[:reference.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+    parts = [{"type": "text", "text": PROMPT[:7]}, {"type": "text", "text": PROMPT[7:]}]
+    as_parts = sdk.chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": parts}], max_tokens=8,
+        temperature=0)
+    assert as_parts.choices[0].message.content == reference
+
+
+def test_errors_reach_the_sdk_as_its_own_exceptions(sdk, live) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.chat.completions.create(model="gpt-17", messages=MESSAGES)
+    assert missing.value.body["code"] == "model_not_found"
+
+    with pytest.raises(openai.UnprocessableEntityError) as last_turn:
+        sdk.chat.completions.create(model="demo", messages=[
+            *MESSAGES, {"role": "assistant", "content": "hi"}])
+    assert last_turn.value.body["code"] == "invalid_messages"
+
+    with pytest.raises(openai.UnprocessableEntityError):
+        sdk.chat.completions.create(model="demo", messages=MESSAGES, temperature=3)
+
+    for seed in (2**31, -(2**31) - 1):  # the store keeps seeds as 32-bit integers
+        with pytest.raises(openai.UnprocessableEntityError):
+            sdk.chat.completions.create(model="demo", messages=MESSAGES, seed=seed)
+
+    with pytest.raises(openai.APIStatusError) as too_long:
+        sdk.chat.completions.create(model="demo", messages=[
+            {"role": "user", "content": "x" * 8001}])
+    assert too_long.value.status_code == 413
+    assert too_long.value.body["code"] == "message_too_long"
+
+    stranger = openai.OpenAI(base_url=f"{live.url}/v1", api_key="fw-not-a-key", max_retries=0,
+                             http_client=httpx.Client(trust_env=False))
+    with pytest.raises(openai.AuthenticationError) as refused:
+        stranger.models.list()
+    assert refused.value.body["code"] == "invalid_api_key"
+
+
+def test_anonymous_callers_get_a_session(live) -> None:
+    with httpx.Client(base_url=live.url, trust_env=False, timeout=60) as browser:
+        response = browser.post("/v1/chat/completions", json={
+            "model": "demo", "messages": MESSAGES, "max_tokens": 2})
+        assert response.status_code == 200
+        assert "flywheel_session=" in response.headers["set-cookie"]
+        me = browser.get("/api/me").json()
+        again = browser.get("/api/me")
+    assert me["handle"].startswith("anon-")
+    assert again.json() == me and "set-cookie" not in again.headers
