@@ -100,8 +100,10 @@ class ChatService:
     # -- records (blocking; call through asyncio.to_thread) ----------------------------------
 
     def record_user_turn(self, *, user_id: int, content: str, conversation_id: int | None,
-                         parent_id: int | None, source: str) -> tuple[int, int, list[dict]]:
-        """Store the user's turn; returns (conversation id, message id, the thread)."""
+                         parent_id: int | None, source: str,
+                         max_tokens: int) -> tuple[int, int, list[int]]:
+        """Store the user's turn; returns (conversation id, message id, prompt ids). A
+        turn that cannot fit the model's window is refused and not stored."""
         with session_scope(self.db) as session:
             if conversation_id is None:
                 if parent_id is not None:
@@ -112,11 +114,12 @@ class ChatService:
                 convs.get_conversation(session, conversation_id=conversation_id,
                                        user_id=user_id)
                 if parent_id is None:
-                    parent_id = _last_message_id(session, conversation_id)
+                    parent_id = _continuation(session, conversation_id)
             message = convs.add_message(session, conversation_id=conversation_id,
                                         role="user", content=content, parent_id=parent_id)
             thread = convs.message_path(session, message_id=message.id)
-            return conversation_id, message.id, [_as_chat(m) for m in thread]
+            prompt_ids = self.prompt_ids([_as_chat(m) for m in thread], max_tokens)
+            return conversation_id, message.id, prompt_ids
 
     def record_messages(self, *, user_id: int, messages: list[dict], source: str) -> int:
         """Store a whole conversation sent at once (the OpenAI API); returns the last id."""
@@ -165,9 +168,20 @@ def _drop_oldest_exchange(turns: list[dict]) -> list[dict]:
     return rest
 
 
-def _last_message_id(session, conversation_id: int) -> int | None:
+def _continuation(session, conversation_id: int) -> int | None:
+    """Where a turn without a parent continues: the last answer, or, when that answer was
+    one side of a battle, the side the user picked."""
     messages = convs.conversation_messages(session, conversation_id=conversation_id)
-    return messages[-1].id if messages else None
+    if not messages:
+        return None
+    last = messages[-1]
+    battle = (votes.latest_comparison_for(session, prompt_message_id=last.parent_id)
+              if last.role == "assistant" and last.parent_id is not None else None)
+    if battle is None or last.id not in battle.candidate_ids:
+        return last.id
+    if battle.ranking:
+        return battle.ranking[0]
+    return battle.candidate_ids[1 if battle.choice == "b" else 0]
 
 
 def _as_chat(message) -> dict:

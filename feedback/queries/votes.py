@@ -152,3 +152,10 @@ def add_flag(session: Session, *, message_id: int, user_id: int, category: str,
 def iter_flags(session: Session) -> Iterator[Flag]:
     yield from session.exec(select(Flag).order_by(col(Flag.id)))
 
+
+
+def latest_comparison_for(session: Session, *, prompt_message_id: int) -> Comparison | None:
+    """The newest side-by-side battle over answers to this prompt, if any."""
+    query = (select(Comparison).where(Comparison.prompt_message_id == prompt_message_id)
+             .order_by(col(Comparison.id).desc()))
+    return session.exec(query).first()

@@ -15,7 +15,6 @@ from sqlalchemy.exc import DataError
 
 from feedback.db import session_scope
 from feedback.errors import InvalidFeedback, NotFound
-from feedback.queries import conversations as convs
 from feedback.queries import votes
 from server import auth
 from server.chat import ChatService
@@ -123,13 +122,12 @@ def _authenticate(websocket: WebSocket):
 
 
 class _ChatSession:
-    """One connection's state: the turn in flight and each conversation's head."""
+    """One connection's state: the turn in flight and the battles it showed."""
 
     def __init__(self, websocket: WebSocket, chat: ChatService, user_id: int):
         self.ws, self.chat, self.user_id = websocket, chat, user_id
         self.turn: asyncio.Task | None = None
         self.stopping = False  # the user asked to stop the turn in flight
-        self.heads: dict[int, int] = {}  # conversation id -> the message to continue from
         self.battles: dict[int, dict] = {}  # comparison id -> {label: (message id, version)}
 
     async def handle(self, raw: str) -> None:
@@ -177,17 +175,13 @@ class _ChatSession:
             answers = self._plan(turn, adapter)
         except ValueError as e:  # sampling parameters SamplingParams refuses
             raise APIError(422, str(e), code="invalid_request") from None
-        state.rate_limiter.check(self.user_id)
         check_capacity(self.chat.engine, settings.max_queue, cost=len(answers))
+        state.rate_limiter.check(self.user_id)
         state.metrics.requests.labels("websocket").inc()
-        parent_id = turn.parent_id
-        if parent_id is None and turn.conversation_id is not None:
-            parent_id = self.heads.get(turn.conversation_id)
-        conversation_id, message_id, thread = await asyncio.to_thread(
+        conversation_id, message_id, prompt_ids = await asyncio.to_thread(
             self.chat.record_user_turn, user_id=self.user_id, content=turn.content,
-            conversation_id=turn.conversation_id, parent_id=parent_id, source="chat")
-        first = answers[0][2]
-        prompt_ids = self.chat.prompt_ids(thread, first.max_tokens)
+            conversation_id=turn.conversation_id, parent_id=turn.parent_id, source="chat",
+            max_tokens=answers[0][2].max_tokens)
         side_by_side = len(answers) == 2
         await self.ws.send_json({"type": "start", "conversation_id": conversation_id,
                                  "message_id": message_id, "side_by_side": side_by_side,
@@ -203,8 +197,6 @@ class _ChatSession:
             self.battles[comparison_id] = {
                 label: (r.message_id, r.adapter_version)
                 for (label, _, _), r in zip(answers, results, strict=True)}
-        if results[0] is not None:
-            self.heads[conversation_id] = results[0].message_id
         await self.ws.send_json({"type": "done", "comparison_id": comparison_id})
 
     def _plan(self, turn: UserTurn, adapter: str | None):
@@ -264,24 +256,21 @@ class _ChatSession:
 
     async def pick(self, pick: Pick) -> None:
         try:
-            candidates, conversation_id = await asyncio.to_thread(self._record_pick, pick)
+            candidates = await asyncio.to_thread(self._record_pick, pick)
         except (NotFound, InvalidFeedback) as e:
             status = 404 if isinstance(e, NotFound) else 422
             return await self.error(status, str(e), None)
         winner = candidates[1] if pick.choice == "b" else candidates[0]
-        self.heads[conversation_id] = winner
         battle = self.battles.get(pick.comparison_id, {})
         await self.ws.send_json({
             "type": "picked", "comparison_id": pick.comparison_id, "choice": pick.choice,
             "continue_from": winner,
             "models": {label: version or "base" for label, (_, version) in battle.items()}})
 
-    def _record_pick(self, pick: Pick) -> tuple[list[int], int]:
+    def _record_pick(self, pick: Pick) -> list[int]:
         with session_scope(self.ws.app.state.db) as db_session:
-            comparison = votes.record_choice(db_session, comparison_id=pick.comparison_id,
-                                             user_id=self.user_id, choice=pick.choice)
-            prompt = convs.get_message(db_session, message_id=comparison.prompt_message_id)
-            return comparison.candidate_ids, prompt.conversation_id
+            return votes.record_choice(db_session, comparison_id=pick.comparison_id,
+                                       user_id=self.user_id, choice=pick.choice).candidate_ids
 
 
 def _frame_error(e: Exception) -> str:

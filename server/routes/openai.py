@@ -89,8 +89,8 @@ async def chat_completions(body: ChatCompletionRequest, user: CurrentUser, chat:
     except ValueError as e:
         raise APIError(422, str(e), code="invalid_request") from None
     prompt_ids = chat.prompt_ids(messages, params[0].max_tokens)
-    limiter.check(user.id, cost=body.n)
     check_capacity(chat.engine, settings.max_queue, cost=body.n)
+    limiter.check(user.id, cost=body.n)  # after: a refused request costs no budget
     metrics.requests.labels("openai").inc()
     prompt_message_id = await asyncio.to_thread(chat.record_messages, user_id=user.id,
                                                 messages=messages, source="api")

@@ -243,3 +243,29 @@ def test_every_error_frame_has_the_http_error_shape(ws) -> None:
     frame = ws.receive_json()
     assert set(frame) == {"type", "error"}
     assert set(frame["error"]) == {"message", "type", "code"}
+
+
+def test_after_a_pick_a_new_connection_continues_from_the_picked_answer(app, client) -> None:
+    params = {"temperature": 0.9, "max_tokens": 4, "seed": 11}
+    _, key = add_user(app.state.db)
+    with client.websocket_connect("/api/chat", headers=bearer(key)) as first:
+        turn = ws_turn(first, "pick one", side_by_side=True, params=params)
+        first.send_json({"type": "pick", "comparison_id": turn.done["comparison_id"],
+                         "choice": "b"})
+        assert first.receive_json()["type"] == "picked"
+    with client.websocket_connect("/api/chat", headers=bearer(key)) as second:
+        after = ws_turn(second, "and then?", conversation_id=turn.start["conversation_id"],
+                        params={"temperature": 0, "max_tokens": 2})
+    assert _message(app, after.start["message_id"]).parent_id == turn.end("b")["message_id"]
+
+
+def test_a_turn_beyond_the_window_is_refused_and_not_stored(app, ws) -> None:
+    first = ws_turn(ws, "short question", params=GREEDY)
+    conversation_id = first.start["conversation_id"]
+    ws.send_json(user_turn("word " * 1500, conversation_id=conversation_id, params=GREEDY))
+    refused = ws.receive_json()
+    assert refused["type"] == "error" and refused["error"]["code"] == "context_length_exceeded"
+    with db_session(app) as session:
+        stored = session.exec(select(Message).where(
+            Message.conversation_id == conversation_id)).all()
+    assert [m.content for m in stored] == ["short question", first.text()]
