@@ -11,11 +11,27 @@ from pydantic import BaseModel, Field
 from feedback.models import AdapterStatus, RunKind, RunStatus
 from feedback.queries import adapters as registry
 from feedback.queries import runs
+from feedback.queries.battles import battle_record
+from feedback.stats import win_rate
 from server.auth import Operator
 from server.deps import Adapters
 from server.store import SessionDep
 
 router = APIRouter(prefix="/api", tags=["operators"])
+
+
+class LiveBattles(BaseModel):
+    """How users judged this adapter against the live one (or the base model) side by
+    side; the win rate is Bradley–Terry with a 95% bootstrap interval, ties half."""
+
+    opponent: str
+    wins: int
+    losses: int
+    ties: int
+    both_bad: int
+    win_rate: float | None
+    low: float | None
+    high: float | None
 
 
 class AdapterOut(BaseModel):
@@ -29,6 +45,7 @@ class AdapterOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     loaded: bool = False  # held in memory by the server that answered
+    live_battles: LiveBattles | None = None  # users' side-by-side verdicts vs live
 
 
 class TrafficIn(BaseModel):
@@ -48,29 +65,39 @@ class RunOut(BaseModel):
     finished_at: datetime | None
 
 
-def _out(adapter, adapters) -> AdapterOut:
+def _out(adapter, adapters, session) -> AdapterOut:
     out = AdapterOut.model_validate(adapter, from_attributes=True)
     out.loaded = adapter.version in adapters.loaded
+    if adapter.status in (AdapterStatus.candidate, AdapterStatus.approved):
+        live = registry.live_adapter(session)
+        opponent = live.version if live else None
+        record = battle_record(session, model=adapter.version, opponent=opponent)
+        rate = win_rate(record.wins, record.losses, record.ties)
+        out.live_battles = LiveBattles(
+            opponent=opponent or "base", wins=record.wins, losses=record.losses,
+            ties=record.ties, both_bad=record.both_bad, win_rate=rate.rate, low=rate.low,
+            high=rate.high)
     return out
 
 
 @router.get("/adapters")
 def list_adapters(_: Operator, session: SessionDep, adapters: Adapters,
                   status: AdapterStatus | None = None) -> list[AdapterOut]:
-    return [_out(a, adapters) for a in registry.list_adapters(session, status=status)]
+    return [_out(a, adapters, session)
+            for a in registry.list_adapters(session, status=status)]
 
 
 @router.get("/adapters/{version}")
 def show_adapter(version: str, _: Operator, session: SessionDep,
                  adapters: Adapters) -> AdapterOut:
-    return _out(registry.get_adapter(session, version=version), adapters)
+    return _out(registry.get_adapter(session, version=version), adapters, session)
 
 
 async def _act(session, adapters, change) -> AdapterOut:
     adapter = change()
     session.commit()  # on disk before this server (and its replicas) act on it
     await adapters.sync()
-    return _out(adapter, adapters)
+    return _out(adapter, adapters, session)
 
 
 @router.post("/adapters/{version}/approve")

@@ -222,3 +222,32 @@ def test_training_runs_are_listed_newest_first_and_filtered(op, app) -> None:
     assert [r["id"] for r in op("GET", "/api/training-runs?status=running").json()] == [
         ids[2]]
     assert len(op("GET", "/api/training-runs?limit=2").json()) == 2
+
+
+def test_a_candidate_shows_how_users_judged_it_against_live(op, make, app) -> None:
+    from feedback.queries import conversations as convs
+    from feedback.queries import users, votes
+
+    make("judged-live", "live")
+    make("judged-cand", "candidate")
+    with session_scope(app.state.db) as session:
+        judge = users.create_user(session, handle="judge")
+        for shown_first, choice in [("judged-cand", "a"), ("judged-live", "b"),
+                                    ("judged-live", "a"), ("judged-cand", "tie")]:
+            conversation = convs.create_conversation(session, user_id=judge.id)
+            prompt = convs.add_message(session, conversation_id=conversation.id, role="user",
+                                       content="which?")
+            other = "judged-live" if shown_first == "judged-cand" else "judged-cand"
+            ids = [convs.add_message(session, conversation_id=conversation.id,
+                                     role="assistant", content=v, parent_id=prompt.id,
+                                     adapter_version=v).id for v in (shown_first, other)]
+            comparison = votes.create_comparison(session, user_id=judge.id,
+                                                 prompt_message_id=prompt.id,
+                                                 candidate_ids=ids)
+            votes.record_choice(session, comparison_id=comparison.id, user_id=judge.id,
+                                choice=choice)
+    shown = op("GET", "/api/adapters/judged-cand").json()["live_battles"]
+    assert {k: shown[k] for k in ("opponent", "wins", "losses", "ties")} == {
+        "opponent": "judged-live", "wins": 2, "losses": 1, "ties": 1}
+    assert shown["win_rate"] == 0.625 and shown["low"] <= 0.625 <= shown["high"]
+    assert op("GET", "/api/adapters/judged-live").json()["live_battles"] is None
