@@ -155,11 +155,11 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
         baseline = "baseline"
     report = evaluate_candidate(result.model, loaded.tokenizer, reward_model, eval_prompts,
                                 candidate="default", baseline=baseline, config=config.eval)
-    report["baseline"] = live_version or "base"
+    version = store.next_version()  # ours alone: we hold the cycle lease
+    report.update(candidate=version, baseline=live_version or "base")
 
     # 4. Store the adapter (atomically), then register it as a candidate with its report.
     with session_scope(engine) as session:
-        version = store.next_version()
         stored = store.save(result.model, version, adapter_name="default",
                             parent=live_version, base_model=settings.model)
         registry.register_adapter(session, version=version, base_model=settings.model,

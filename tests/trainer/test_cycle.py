@@ -1,0 +1,165 @@
+"""The training cycle end to end on the demo model, with tiny settings: feedback in the
+store → reward model → PPO → evaluation → a registered candidate."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from feedback.db import open_store, session_scope
+from feedback.importer import import_file
+from feedback.models import RunKind, RunStatus
+from feedback.queries import adapters as registry
+from feedback.queries import runs
+from feedback.queries.leases import acquire_lease
+from flywheel.adapter_store import AdapterStore
+from flywheel.settings import Settings
+from tests.trainer.synthetic import synthetic_rows
+from trainer.cycle import LEASE, CycleConfig, run_cycle
+from trainer.evaluate import EvalConfig
+from trainer.ppo import PPOConfig
+from trainer.reward import RewardConfig, current_reward_model, reward_models_dir
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(min_new_feedback=10, min_pairs=10, prompt_limit=16,
+            reward=RewardConfig(max_length=32, batch_size=8, epochs=1),
+            ppo=PPOConfig(steps=1, batch_size=4, minibatch_size=4, ppo_epochs=1,
+                          max_new_tokens=4),
+            eval=EvalConfig(max_prompts=2, max_new_tokens=4, batch_size=2))
+
+
+def tiny(**changes) -> CycleConfig:
+    return CycleConfig(**{**TINY, **changes})
+
+
+@pytest.fixture
+def loop(tmp_path, models_dir):
+    """Settings and a store holding 40 synthetic preference pairs (and their prompts)."""
+    data = tmp_path / "votes.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in synthetic_rows(40)))
+    (tmp_path / "models").symlink_to(models_dir)  # the demo model, already written
+    settings = Settings(data_dir=tmp_path, model="demo")
+    engine = open_store(settings.db_url)
+    import_file(engine, data)
+    yield settings, engine
+    engine.dispose()
+
+
+def test_a_cycle_registers_an_evaluated_candidate(loop):
+    settings, engine = loop
+    result = run_cycle(settings, engine, tiny())
+    assert result.status == "succeeded", result.reason
+    with session_scope(engine) as session:
+        adapter = registry.get_adapter(session, version=result.adapter_version)
+        run = runs.get_run(session, run_id=result.run_id)
+    assert adapter.status == "candidate" and adapter.parent_version is None
+    report = adapter.eval_report
+    assert report["baseline"] == "base" and report["prompts"] >= 1
+    assert report["markdown"].startswith("# default vs base") or "vs base" in report["markdown"]
+    assert run.status == RunStatus.succeeded and run.adapter_version == adapter.version
+    assert {"reward", "ppo", "eval"} <= set(run.metrics)
+    assert len(run.metrics["ppo"]["steps"]) == 1
+    AdapterStore(settings.adapters_dir).verify(adapter.version)  # stored whole
+    assert current_reward_model(reward_models_dir(settings.data_dir)) is not None
+
+
+def test_a_cycle_waits_for_enough_new_feedback(loop):
+    settings, engine = loop
+    result = run_cycle(settings, engine, tiny(min_new_feedback=1000))
+    assert result.status == "skipped" and "waiting for 1000" in result.reason
+    with session_scope(engine) as session:
+        assert runs.list_runs(session) == []
+
+
+def test_only_one_cycle_runs_at_a_time(loop):
+    settings, engine = loop
+    with session_scope(engine) as session:
+        assert acquire_lease(session, name=LEASE, holder="another-worker", ttl_s=60)
+    result = run_cycle(settings, engine, tiny(), force=True)
+    assert result.status == "skipped" and result.reason == "another cycle is running"
+
+
+def test_a_failing_cycle_is_recorded_and_frees_the_lease(loop):
+    settings, engine = loop
+    result = run_cycle(settings, engine, tiny(min_pairs=10_000))
+    assert result.status == "failed" and "preference pairs" in result.reason
+    with session_scope(engine) as session:
+        assert runs.get_run(session, run_id=result.run_id).status == RunStatus.failed
+        assert acquire_lease(session, name=LEASE, holder="next", ttl_s=60)
+
+
+def test_the_next_cycle_warm_starts_from_the_live_adapter_and_gated_auto_promotion(loop):
+    settings, engine = loop
+    first = run_cycle(settings, engine, tiny())
+    with session_scope(engine) as session:
+        registry.set_adapter_status(session, version=first.adapter_version,
+                                    status="approved", actor="test")
+        registry.promote(session, version=first.adapter_version, actor="test")
+    held = settings.model_copy(update={"auto_promote": True, "auto_promote_min_win_rate": 2})
+    second = run_cycle(held, engine, tiny(), force=True)
+    with session_scope(engine) as session:
+        adapter = registry.get_adapter(session, version=second.adapter_version)
+        assert adapter.parent_version == first.adapter_version
+        assert adapter.eval_report["baseline"] == first.adapter_version
+        assert adapter.status == "candidate"  # the gate held it back
+        events = registry.list_audit_events(session, adapter_version=adapter.version)
+        assert events[0].action == "gate_failed" and events[0].actor == "scheduler"
+    open_gate = settings.model_copy(update={"auto_promote": True,
+                                            "auto_promote_min_win_rate": 0,
+                                            "auto_promote_max_kl": 1e9,
+                                            "auto_promote_max_degenerate": 2})
+    third = run_cycle(open_gate, engine, tiny(), force=True)
+    with session_scope(engine) as session:
+        assert registry.live_adapter(session).version == third.adapter_version
+
+
+KILLABLE = """
+import sys
+from feedback.db import open_store
+from flywheel.settings import Settings
+from tests.trainer.test_cycle import tiny
+from trainer.cycle import run_cycle
+from trainer.ppo import PPOConfig
+settings = Settings(data_dir=sys.argv[1], model="demo")
+run_cycle(settings, open_store(settings.db_url),
+          tiny(lease_ttl_s=2.0, ppo=PPOConfig(steps=10_000, batch_size=4, minibatch_size=4,
+                                              ppo_epochs=1, max_new_tokens=4)))
+"""
+
+
+def test_a_worker_killed_mid_ppo_leaves_nothing_half_made(loop):
+    settings, engine = loop
+    root = Path(__file__).resolve().parents[2]
+    worker = subprocess.Popen([sys.executable, "-c", KILLABLE, str(settings.data_dir)],
+                              cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # until PPO has taken a step
+            with session_scope(engine) as session:
+                running = runs.list_runs(session, kind=RunKind.cycle, status=RunStatus.running)
+            if running and running[0].metrics.get("ppo", {}).get("steps"):
+                break
+            assert worker.poll() is None, "the worker ended before PPO started"
+            time.sleep(0.5)
+        else:
+            pytest.fail("PPO never started")
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    with session_scope(engine) as session:
+        assert registry.list_adapters(session) == []
+    assert AdapterStore(settings.adapters_dir).list_versions() == []
+
+    time.sleep(2.5)  # the dead worker's lease expires
+    result = run_cycle(settings, engine, tiny(), force=True)
+    assert result.status == "succeeded", result.reason
+    with session_scope(engine) as session:
+        killed = runs.get_run(session, run_id=running[0].id)
+        assert killed.status == RunStatus.failed and "stopped mid-cycle" in killed.error
