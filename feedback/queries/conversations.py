@@ -145,3 +145,9 @@ def message_paths(session: Session, *, message_ids: Collection[int]) -> dict[int
             path.append(by_id[path[-1].parent_id])
         paths[message_id] = path[::-1]
     return paths
+
+
+def user_message_ids(session: Session) -> list[int]:
+    """The id of every user turn in the store, oldest first."""
+    query = select(Message.id).where(Message.role == MessageRole.user).order_by(col(Message.id))
+    return list(session.exec(query))

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from flywheel import __version__
-from flywheel.cli import serving, store
+from flywheel.cli import adapters, loop, serving, store, training
 from flywheel.cli.common import FlywheelGroup
 
 app = typer.Typer(cls=FlywheelGroup, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -32,8 +32,15 @@ def main(version: Annotated[bool, typer.Option(
 
 
 
+app.command("up")(serving.up)
 app.command("serve")(serving.serve)
+app.command("worker")(loop.worker)
+app.command("cycle")(loop.cycle)
+app.add_typer(loop.runs_app, name="runs")
+app.add_typer(adapters.adapters_app, name="adapters")
 app.add_typer(store.users_app, name="users")
 app.add_typer(store.feedback_app, name="feedback")
 app.add_typer(store.db_app, name="db")
 app.command("demo-model")(serving.demo_model)
+app.add_typer(training.train_app, name="train")
+app.add_typer(training.eval_app, name="eval")

@@ -1,0 +1,68 @@
+"""`flywheel train reward` and `flywheel eval reward`: from a file and from the store,
+the versioned reward-model directory, the JSON last line, and one-line errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flywheel.settings import Settings
+from tests.flywheel.test_cli import flywheel_cli, ok, one_error, sqlite_url, write_jsonl
+from tests.trainer.synthetic import synthetic_rows
+
+FAST = ("--epochs", 1, "--max-length", 32, "--batch-size", 8, "--lr", 2e-4)
+
+
+@pytest.fixture(autouse=True)
+def _no_flywheel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"FLYWHEEL_{name.upper()}", raising=False)
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "prefs.jsonl", *synthetic_rows(24))
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_train_on_a_file_then_evaluate(data_file, tmp_path):
+    out = tmp_path / "rm"
+    trained = last_json(ok(flywheel_cli("train", "reward", "--data", data_file, "--out", out,
+                                        "--heldout-fraction", 0.25, *FAST)))
+    assert trained["path"] == str(out) and trained["promoted"] is None
+    assert trained["train_pairs"] + trained["pairs"] == 24
+    assert (out / "reward_config.json").is_file()
+    report = ok(flywheel_cli("eval", "reward", "--model", out, "--data", data_file))
+    figures = last_json(report)
+    assert 0.0 <= figures["accuracy"] <= 1.0 and figures["pairs"] == 24
+    assert report.splitlines()[0].startswith("accuracy ")
+
+
+def test_train_from_the_store_makes_a_current_version(data_file, tmp_path):
+    db = sqlite_url(tmp_path / "store.db")
+    ok(flywheel_cli("feedback", "import", data_file, "--db", db))
+    data_dir = tmp_path / "data"
+    trained = last_json(ok(flywheel_cli("train", "reward", "--db", db, "--data-dir", data_dir,
+                                        "--heldout-fraction", 0.25, *FAST)))
+    root = data_dir / "reward_models"
+    assert trained["path"] == str(root / "rm-0001") and trained["promoted"] is True
+    assert (root / "CURRENT").read_text().strip() == "rm-0001"
+    assert trained["data"]["train_pairs"] == trained["train_pairs"]
+
+
+def test_user_errors_are_one_line(tmp_path, data_file):
+    bad = write_jsonl(tmp_path / "bad.jsonl", {"prompt": "only a prompt"})
+    one_error(flywheel_cli("train", "reward", "--data", bad, "--out", tmp_path / "x"),
+              "bad.jsonl:1")
+    one_error(flywheel_cli("train", "reward", "--db", sqlite_url(tmp_path / "empty.db"),
+                           "--data-dir", tmp_path), "no preference pairs")
+    one_error(flywheel_cli("eval", "reward", "--model", tmp_path, "--data", data_file),
+              "not a reward model directory")
+
+
+def test_help_lists_the_commands():
+    assert "reward" in ok(flywheel_cli("train", "--help"))
+    assert "accuracy" in ok(flywheel_cli("eval", "reward", "--help"))

@@ -1,0 +1,148 @@
+"""The PPO recipe on a tiny model: one step's logs, seeded reproducibility, the hard KL cap,
+the adapter-off reference, the missing-EOS penalty and warm starts from the adapter store."""
+
+import pytest
+import torch
+
+from flywheel.adapter_store import AdapterStore
+from tests.fixtures.tiny_models import build_tiny_model, tiny_tokenizer
+from trainer.ppo import PPOConfig, encode_prompt, prepare_policy, train_ppo
+
+PROMPTS = [[{"role": "user", "content": f"tell me about thing number {i}"}] for i in range(6)]
+SMALL = dict(steps=2, batch_size=4, minibatch_size=2, ppo_epochs=2, max_new_tokens=6,
+             learning_rate=1e-2, lora_r=4)
+LOG_KEYS = {"step", "score", "reward", "kl", "kl_k3", "beta", "entropy", "response_length",
+            "eos_fraction", "policy_loss", "value_loss", "clip_fraction", "value_clip_fraction",
+            "approx_kl"}
+
+
+def length_reward(prompts, completions):
+    return torch.tensor([len(c) / 10.0 for c in completions])
+
+
+@pytest.fixture
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def run(tokenizer, kind="llama", **overrides):
+    config = PPOConfig(**{**SMALL, **overrides})
+    policy = prepare_policy(build_tiny_model(kind, tokenizer=tokenizer), config)
+    return train_ppo(policy, tokenizer, PROMPTS, length_reward, config), config
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_run_logs_every_figure_each_step(tokenizer, kind):
+    result, config = run(tokenizer, kind)
+    assert result.stop_reason == "steps" and len(result.metrics) == config.steps
+    for step, log in enumerate(result.metrics):
+        assert set(log) == LOG_KEYS and log["step"] == step
+        assert all(torch.isfinite(torch.tensor(v)) for v in log.values())
+        assert 1 <= log["response_length"] <= config.max_new_tokens
+        assert 0 <= log["clip_fraction"] <= 1 and log["kl_k3"] >= 0
+    first = result.metrics[0]
+    assert abs(first["kl"]) < 1e-4 and first["kl_k3"] < 1e-4  # a fresh adapter is the reference
+    assert first["entropy"] > 5  # a random model over 30k tokens samples almost uniformly
+    assert set(result.timings) == {"generation", "scoring", "update"}
+    assert any(p.abs().sum() > 0 for n, p in result.model.named_parameters() if "lora_B" in n)
+
+
+def test_the_same_seed_reproduces_the_run(tokenizer):
+    first, _ = run(tokenizer, seed=3)
+    second, _ = run(tokenizer, seed=3)
+    other, _ = run(tokenizer, seed=4)
+    assert first.metrics == second.metrics
+    assert first.metrics != other.metrics
+
+
+def test_the_reference_is_the_base_model_with_the_adapter_off(tokenizer):
+    result, _ = run(tokenizer)
+    base = build_tiny_model("llama", tokenizer=tokenizer)
+    ids = torch.tensor([encode_prompt(tokenizer, PROMPTS[0], 64)])
+    with torch.no_grad():
+        with result.model.disable_adapter():
+            reference = result.model(input_ids=ids).logits
+        trained = result.model(input_ids=ids).logits
+        assert torch.equal(reference, base(input_ids=ids).logits)
+    assert not torch.allclose(trained, reference)
+
+
+def test_the_hard_kl_cap_stops_and_restores_the_last_policy_within_it(tokenizer):
+    result, _ = run(tokenizer, steps=5, kl_cap=1e-3)
+    # step 0 samples from the fresh adapter (KL 0), updates; step 1 is over the cap
+    assert result.stop_reason == "kl_cap" and len(result.metrics) == 2
+    assert result.metrics[-1]["stopped"] == 1.0 and result.metrics[-1]["kl_k3"] > 1e-3
+    lora_b = [p for n, p in result.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # back to step 0
+
+
+def test_answers_without_eos_are_penalised(tokenizer):
+    def zero(prompts, completions):
+        return torch.zeros(len(completions))
+
+    config = PPOConfig(**{**SMALL, "steps": 1, "missing_eos_penalty": 2.5})
+    policy = prepare_policy(build_tiny_model("llama", tokenizer=tokenizer), config)
+    log = train_ppo(policy, tokenizer, PROMPTS, zero, config).metrics[0]
+    assert log["eos_fraction"] < 1  # a random model rarely says [SEP] in 6 tokens
+    assert log["reward"] == pytest.approx(-2.5 * (1 - log["eos_fraction"]), abs=1e-4)  # KL ~ 0
+
+
+def test_adaptive_beta_moves_towards_the_target(tokenizer):
+    result, _ = run(tokenizer, steps=3, kl_target=1e-3, kl_horizon=10)
+    betas = [log["beta"] for log in result.metrics]
+    assert betas[0] == PPOConfig.beta
+    assert betas[1] < betas[0]  # step 0 has KL 0, under the target
+    assert betas[2] > betas[1]  # the trained adapter is far over it
+
+
+def test_warm_start_from_a_stored_adapter(tokenizer, tmp_path):
+    result, config = run(tokenizer)
+    store = AdapterStore(tmp_path / "adapters")
+    store.save(result.model, "policy-v1")
+    policy = prepare_policy(build_tiny_model("llama", tokenizer=tokenizer), config,
+                            store=store, warm_start="policy-v1")
+    trained = dict(result.model.named_parameters())
+    loaded = [(n, p) for n, p in policy.named_parameters() if "lora_" in n]
+    assert loaded and all(p.requires_grad for _, p in loaded)
+    assert all(torch.equal(p, trained[n]) for n, p in loaded)
+    more = train_ppo(policy, tokenizer, PROMPTS, length_reward, config)
+    assert more.metrics[0]["kl_k3"] > 1e-3  # it starts away from the reference
+
+
+def test_prompts_keep_their_end_when_truncated(tokenizer):
+    full = encode_prompt(tokenizer, PROMPTS[0], 1000)
+    assert encode_prompt(tokenizer, PROMPTS[0], 5) == full[-5:]
+    assert tokenizer.decode(full).replace(" ", "").endswith("assistant:")
+
+
+def test_sampled_log_probs_and_values_match_a_full_forward_pass(tokenizer):
+    from trainer.ppo import ValueHead, _eos_ids, _forward, _sample
+
+    config = PPOConfig(**SMALL)
+    policy = prepare_policy(build_tiny_model("llama", tokenizer=tokenizer), config)
+    head = ValueHead(policy.config.hidden_size)
+    torch.nn.init.normal_(head.linear.weight)
+    rows = [encode_prompt(tokenizer, p, 64) for p in PROMPTS[:3]]
+    with torch.no_grad():
+        sequences, attention, width, logprobs, values, _ = _sample(
+            policy, head, tokenizer, rows, _eos_ids(policy, tokenizer), config)
+        full_logprobs, full_values = _forward(policy, head, sequences, attention, width, config)
+    assert sequences.shape == (3, width + logprobs.shape[1]) and values.shape == logprobs.shape
+    assert torch.allclose(logprobs, full_logprobs, atol=1e-4)
+    assert torch.allclose(values, full_values, atol=1e-4)
+
+
+def test_draw_samples_the_softmax_and_reports_log_probs_and_entropy():
+    from trainer.ppo import _draw
+
+    probs = torch.tensor([0.2, 0.3, 0.5, 0.0])
+    logits = torch.log(probs).clamp(min=-1e4).repeat(20_000, 1)
+    torch.manual_seed(0)
+    tokens, logprobs, entropy = _draw(logits, 1.0)
+    counts = torch.bincount(tokens, minlength=4) / len(tokens)
+    assert torch.allclose(counts, probs, atol=0.015) and counts[3] == 0
+    assert torch.allclose(logprobs, torch.log(probs)[tokens], atol=1e-5)
+    expected = -(probs[:3] * probs[:3].log()).sum()
+    assert torch.allclose(entropy, expected.expand(len(tokens)), atol=1e-5)
+    hot_tokens, hot_logprobs, _ = _draw(logits[:8], 2.0)  # temperature 2: softmax(logits / 2)
+    assert torch.allclose(hot_logprobs, torch.log_softmax(logits[0] / 2, -1)[hot_tokens])

@@ -1,0 +1,342 @@
+"""PPO on a LoRA adapter, as DESIGN §5 describes: one readable recipe, `train_ppo`.
+
+Each step samples answers to a batch of prompts with the policy (the adapter on), scores them
+with the reward function, and takes the KL reference from the same model with the adapter off
+(no second copy). The value head is one linear layer on the policy's last hidden state: it
+shares the backbone and its LoRA, so one forward pass gives log-probs and values; its gradient
+reaches the LoRA weights scaled by `vf_coef`. It is zero-initialised and not saved: each cycle
+starts a fresh one. Answers are sampled with a KV cache that also yields each token's log-prob
+and value, so the rollout needs no second forward pass. Dropout stays off (the model stays in
+eval mode) so that the update sees the policy that sampled. The math lives in
+`trainer.rlhf.ppo_math`.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from peft import PeftModel, get_peft_model
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from flywheel.adapter_store import AdapterStore
+from flywheel.model_loading import lora_config
+from trainer.rlhf.ppo_math import (
+    KLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    kl_k1,
+    kl_k3,
+    logprobs_from_logits,
+    masked_mean,
+    masked_sum,
+    token_rewards,
+    whiten,
+)
+
+logger = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+RewardFn = Callable[[list[Messages], list[str]], Tensor]
+"""(prompts as chat message lists, decoded answers) -> a score per answer, [B]."""
+
+
+@dataclass
+class PPOConfig:
+    """Every knob of a PPO run, with its default."""
+
+    steps: int = 50  # PPO steps: one rollout of `batch_size` answers, then its updates
+    batch_size: int = 16  # prompts (and answers) per rollout
+    minibatch_size: int = 8  # answers per gradient step
+    ppo_epochs: int = 4  # passes over each rollout
+    learning_rate: float = 1e-4  # AdamW, for the LoRA weights and the value head
+    max_prompt_tokens: int = 512  # longer prompts lose their beginning (the end is kept)
+    max_new_tokens: int = 64  # answer length; an answer cut here gets the missing-EOS penalty
+    temperature: float = 1.0  # sampling temperature (log-probs are taken at it too)
+    beta: float = 0.05  # KL coefficient: reward −= β · (log π − log π_ref) per token
+    kl_target: float | None = None  # set to adapt β (Ziegler et al.) towards this KL (k3, nats)
+    kl_horizon: int = 10_000  # the adaptive controller's horizon, in answers
+    kl_cap: float = 8.0  # hard cap on the mean per-answer KL (k3, nats): stop before it
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE λ
+    clip_range: float = 0.2  # policy ratio clipped to 1 ± this
+    clip_range_value: float = 0.2  # values move at most this far from the rollout's per update
+    vf_coef: float = 0.1  # weight of the value loss
+    missing_eos_penalty: float = 1.0  # subtracted from the score of an answer without EOS
+    max_grad_norm: float = 1.0  # gradient clipping
+    lora_r: int = 16  # rank of a fresh adapter (a warm-started one keeps its own)
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0  # ignored while training: dropout is off throughout
+    seed: int = 0  # seeds sampling, prompt order and initialisation: same seed, same run
+
+
+class ValueHead(nn.Module):
+    """V(s) per position from the last hidden state: [B, T, H] -> [B, T]; starts at 0."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+@dataclass
+class PPOResult:
+    model: PeftModel  # the policy, adapter "default" trained
+    value_head: ValueHead
+    metrics: list[dict[str, float]]  # one log per step (see `train_ppo`)
+    stop_reason: str  # "steps" or "kl_cap"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: generation, scoring, update
+
+
+def prepare_policy(
+    model: PreTrainedModel,
+    config: PPOConfig,
+    *,
+    store: AdapterStore | None = None,
+    warm_start: str | None = None,
+) -> PeftModel:
+    """The trainable policy: adapter `warm_start` from `store` (e.g. the live one), else a
+    fresh LoRA. Either way it is the "default" adapter; the base model stays frozen."""
+    if warm_start is not None:
+        if store is None:
+            raise ValueError("warm_start needs an adapter store")
+        logger.info("warm start from adapter %s", warm_start)
+        return store.load(model, warm_start, adapter_name="default", is_trainable=True)
+    torch.manual_seed(config.seed)  # LoRA's A matrices are random
+    lora = lora_config(model, r=config.lora_r, alpha=config.lora_alpha,
+                       dropout=config.lora_dropout)
+    return get_peft_model(model, lora)
+
+
+def train_ppo(
+    policy: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Messages],
+    reward_fn: RewardFn,
+    config: PPOConfig,
+    *,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> PPOResult:
+    """Run PPO; returns the trained policy and one log per step.
+
+    Each log holds: step, score (reward model, mean), reward (score − penalty − β·KL, per
+    answer), kl and kl_k3 (per answer, nats, policy vs reference), beta, entropy (per token),
+    response_length, eos_fraction, policy_loss, value_loss, clip_fraction, value_clip_fraction,
+    approx_kl (rollout vs updated policy). At the KL cap the step before it is restored and
+    the run stops (its log has stopped = 1).
+    """
+    if not prompts:
+        raise ValueError("PPO needs at least one prompt")
+    torch.manual_seed(config.seed)
+    device = next(policy.parameters()).device
+    policy.eval()
+    value_head = ValueHead(policy.config.hidden_size).to(device)
+    trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    controller = KLController(config.beta, target=config.kl_target, horizon=config.kl_horizon)
+    prompt_ids = [encode_prompt(tokenizer, p, config.max_prompt_tokens) for p in prompts]
+    order = _prompt_order(len(prompts), config.batch_size, config.seed)
+    eos_ids = _eos_ids(policy, tokenizer)
+    timings = {"generation": 0.0, "scoring": 0.0, "update": 0.0}
+    metrics: list[dict[str, float]] = []
+    stop_reason = "steps"
+    snapshot = [p.detach().clone() for p in trainable]
+
+    for step in range(config.steps):
+        batch = next(order)
+        # 1. Rollout: sample answers with the policy (adapter on), keeping each token's
+        #    log-prob, entropy and value as it is sampled.
+        started = time.perf_counter()
+        with torch.no_grad():
+            sequences, attention, prompt_len, logprobs, values, entropy = _sample(
+                policy, value_head, tokenizer, [prompt_ids[i] for i in batch], eos_ids, config)
+        mask = _response_mask(sequences[:, prompt_len:], eos_ids)
+        scoring_started = time.perf_counter()
+        timings["generation"] += scoring_started - started
+
+        # 2. Score: reference log-probs (the same model, adapter off) and the reward.
+        with torch.no_grad():
+            with policy.disable_adapter():
+                ref_logprobs, _ = _forward(policy, None, sequences, attention, prompt_len,
+                                           config)
+            responses = sequences[:, prompt_len:]
+            completions = _decode(tokenizer, responses, mask, eos_ids)
+            scores = reward_fn([prompts[i] for i in batch], completions).to(device).float()
+        has_eos = torch.isin(responses.gather(1, mask.sum(1, keepdim=True).long() - 1),
+                             eos_ids).squeeze(1)
+        penalised = scores - config.missing_eos_penalty * (~has_eos).float()
+        kl = kl_k1(logprobs, ref_logprobs) * mask
+        seq_kl = kl.sum(1).mean().item()
+        seq_k3 = masked_sum(kl_k3(logprobs, ref_logprobs), mask, dim=1).mean().item()
+        rewards = token_rewards(penalised, kl, mask, controller.beta)
+        advantages, returns = gae(rewards, values, mask, gamma=config.gamma, lam=config.lam)
+        advantages = whiten(advantages, mask)
+        log = {"step": step, "score": scores.mean().item(), "reward": rewards.sum(1).mean().item(),
+               "kl": seq_kl, "kl_k3": seq_k3, "beta": controller.beta,
+               "entropy": masked_mean(entropy, mask).item(),
+               "response_length": mask.sum(1).mean().item(),
+               "eos_fraction": has_eos.float().mean().item()}
+        timings["scoring"] += time.perf_counter() - scoring_started
+
+        # 3. Hard KL cap: this policy went too far; go back to the last one within the cap.
+        if seq_k3 > config.kl_cap:
+            _restore(trainable, snapshot)
+            logger.warning("KL %.2f is over the cap %.2f at step %d: stopping", seq_k3,
+                           config.kl_cap, step)
+            metrics.append({**log, "stopped": 1.0})
+            if on_step:
+                on_step(metrics[-1])
+            stop_reason = "kl_cap"
+            break
+        snapshot = [p.detach().clone() for p in trainable]
+
+        # 4. Update: several epochs of clipped policy + value losses over shuffled minibatches.
+        update_started = time.perf_counter()
+        stats: dict[str, list[float]] = {k: [] for k in (
+            "policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl")}
+        for _ in range(config.ppo_epochs):
+            for mb in torch.randperm(len(batch)).split(config.minibatch_size):
+                new_logprobs, new_values = _forward(policy, value_head, sequences[mb],
+                                                    attention[mb], prompt_len, config)
+                m = mask[mb]
+                pg_loss, clip_fraction = clipped_policy_loss(
+                    new_logprobs, logprobs[mb], advantages[mb], m, config.clip_range)
+                vf_loss, value_clip_fraction = clipped_value_loss(
+                    new_values, values[mb], returns[mb], m, config.clip_range_value)
+                optimizer.zero_grad(set_to_none=True)
+                (pg_loss + config.vf_coef * vf_loss).backward()
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                approx_kl = masked_mean(0.5 * (new_logprobs - logprobs[mb]) ** 2, m)
+                for key, value in zip(stats, (pg_loss, vf_loss, clip_fraction,
+                                              value_clip_fraction, approx_kl), strict=True):
+                    stats[key].append(value.item())
+        controller.update(seq_k3, len(batch))
+        timings["update"] += time.perf_counter() - update_started
+        metrics.append({**log, **{k: sum(v) / len(v) for k, v in stats.items()}})
+        if on_step:
+            on_step(metrics[-1])
+    return PPOResult(policy, value_head, metrics, stop_reason, timings)
+
+
+# -- the pieces -----------------------------------------------------------------------------
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages, max_tokens: int
+                  ) -> list[int]:
+    """The chat-formatted prompt, ready for the answer; truncated from the left."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[-max_tokens:]
+
+
+def _prompt_order(count: int, batch_size: int, seed: int):
+    """Batches of prompt indices: seeded shuffles of all prompts, one after another."""
+    generator = torch.Generator().manual_seed(seed)
+    pending: list[int] = []
+    while True:
+        while len(pending) < batch_size:
+            pending += torch.randperm(count, generator=generator).tolist()
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Tensor:
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids |= {tokenizer.eos_token_id}
+    return torch.tensor(sorted(i for i in ids if i is not None), device=model.device)
+
+
+def _sample(policy, value_head, tokenizer, rows, eos_ids, config):
+    """Sample answers to the left-padded prompts `rows` with a KV cache, by inverse CDF (one
+    random number per answer and token: on CPU far cheaper than `torch.multinomial` over a
+    large vocabulary). -> sequences [B, P + T], attention [B, P + T], P, and the answer
+    tokens' log-probs, values and entropies [B, T]."""
+    device, pad = policy.device, tokenizer.pad_token_id
+    width = max(map(len, rows))
+    inputs = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows],
+                             device=device)
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    prompts, past = inputs, None
+    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    tokens, logprobs, values, entropies = [], [], [], []
+    for _ in range(config.max_new_tokens):
+        out = policy(input_ids=inputs, attention_mask=attention, position_ids=positions,
+                     past_key_values=past, use_cache=True, output_hidden_states=True,
+                     logits_to_keep=1)
+        past = out.past_key_values
+        token, logprob, entropy = _draw(out.logits[:, -1].float(), config.temperature)
+        token = torch.where(done, pad, token)
+        tokens.append(token)
+        logprobs.append(logprob)
+        entropies.append(entropy)
+        values.append(value_head(out.hidden_states[-1][:, -1]))
+        done |= torch.isin(token, eos_ids)
+        if done.all():
+            break
+        inputs = token[:, None]
+        attention = torch.cat([attention, torch.ones_like(inputs)], dim=1)
+        positions = positions[:, -1:] + 1
+    answers = torch.stack(tokens, dim=1)
+    attention = torch.cat([attention[:, :width], torch.ones_like(answers)], dim=1)
+    return (torch.cat([prompts, answers], dim=1), attention, width, torch.stack(logprobs, 1),
+            torch.stack(values, 1), torch.stack(entropies, 1))
+
+
+def _draw(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    """One token per row from softmax(logits / temperature) by inverse CDF, with its log-prob
+    and the row's entropy: [B, V] -> three [B], in as few passes over V as it takes."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    shifted = logits - logits.amax(-1, keepdim=True)
+    weights = shifted.exp()
+    total = weights.sum(-1)
+    cdf = weights.cumsum(-1)
+    u = torch.rand(len(logits), 1, device=logits.device) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u, side="right").squeeze(1).clamp(max=logits.shape[1] - 1)
+    log_total = total.log()
+    logprob = shifted.gather(1, token[:, None]).squeeze(1) - log_total
+    entropy = log_total - (weights * shifted).sum(-1) / total
+    return token, logprob, entropy
+
+
+def _response_mask(responses: Tensor, eos_ids: Tensor) -> Tensor:
+    """1.0 on each answer's tokens up to and including its first EOS."""
+    is_eos = torch.isin(responses, eos_ids).int()
+    return ((is_eos.cumsum(1) - is_eos) == 0).float()
+
+
+def _decode(tokenizer, responses: Tensor, mask: Tensor, eos_ids: Tensor) -> list[str]:
+    keep = mask.bool() & ~torch.isin(responses, eos_ids)
+    return [tokenizer.decode(row[k].tolist(), skip_special_tokens=True)
+            for row, k in zip(responses, keep, strict=True)]
+
+
+def _forward(policy, value_head, sequences, attention, prompt_len, config):
+    """Answer-token log-probs [B, T] and values [B, T] (None without a value head)."""
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    answer_len = sequences.shape[1] - prompt_len
+    out = policy(input_ids=sequences, attention_mask=attention, position_ids=positions,
+                 output_hidden_states=value_head is not None, logits_to_keep=answer_len + 1,
+                 use_cache=False)
+    logits = out.logits[:, :-1] / config.temperature
+    logprobs = logprobs_from_logits(logits, sequences[:, prompt_len:])
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:, prompt_len - 1 : -1])
+    return logprobs, values
+
+
+def _restore(params: list[nn.Parameter], saved: list[Tensor]) -> None:
+    with torch.no_grad():
+        for param, value in zip(params, saved, strict=True):
+            param.copy_(value)

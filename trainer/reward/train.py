@@ -1,0 +1,199 @@
+"""Training and evaluating the reward model: one recipe, top to bottom."""
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.data import Label, Pair
+from trainer.reward.model import RewardModel
+from trainer.rlhf.reward_losses import (
+    bradley_terry_loss,
+    expected_calibration_error,
+    pairwise_accuracy,
+    pointwise_loss,
+)
+
+Progress = Callable[[int, int | None], None]  # (steps done, total steps)
+STATS_SAMPLE = 2048  # answers scored for the reward mean/std when nothing is held out
+
+
+@dataclass
+class RewardConfig:
+    """How to train a reward model. Every field has a default that works on the MiniLM
+    backbone; `lr` suits a full fine-tune of it (a LoRA backbone usually wants ~1e-4)."""
+
+    backbone: str = "minilm"  # "minilm" (the packaged encoder) or "policy-lora"
+    base_model: str | None = None  # the policy, for policy-lora (path, hub id or "demo")
+    models_dir: Path | None = None  # where the demo model lives (default: the settings')
+    max_length: int = 256  # tokens per conversation, truncated from the left
+    epochs: int = 1  # passes over the training pairs
+    batch_size: int = 8  # pairs per step (both answers of each go in one forward pass)
+    lr: float = 1e-4  # peak AdamW learning rate
+    warmup_ratio: float = 0.1  # share of the steps spent warming the rate up linearly
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    margin: float = 0.0  # Bradley–Terry margin: chosen must beat rejected by this much
+    center_coef: float = 0.01  # weight of mean((r_c + r_r)²): keeps rewards near zero
+    pointwise_coef: float = 0.5  # weight of the thumbs/flags term (labels, if any)
+    freeze_embeddings: bool = True  # MiniLM: keep the embeddings (half its weights) fixed
+    frozen_layers: int = 3  # MiniLM: also keep its lowest N of 6 transformer layers fixed
+    lora_r: int = 16  # LoRA rank, for policy-lora
+    eval_batch_size: int = 64  # sequences per batch when scoring
+    seed: int = 0
+    device: str | None = None  # default: CUDA when present, else CPU
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def train_reward_model(train_pairs: Sequence[Pair], heldout_pairs: Sequence[Pair],
+                       config: RewardConfig | None = None, *,
+                       train_labels: Sequence[Label] = (),
+                       on_progress: Progress | None = None
+                       ) -> tuple[RewardModel, dict[str, Any]]:
+    """Train a reward model with the Bradley–Terry loss (plus a pointwise term for
+    labels), evaluate it on the held-out pairs, and store the reward mean/std and the
+    metrics in it. Returns the model (eval mode) and the metrics."""
+    config = config or RewardConfig()
+    if not train_pairs:
+        raise ValueError("no training pairs: the reward model needs preferences")
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = RewardModel.create(config.backbone, max_length=config.max_length,
+                               base_model=config.base_model, models_dir=config.models_dir,
+                               lora_r=config.lora_r, device=config.device)
+    if config.backbone == "minilm":
+        # The embeddings are 12M of MiniLM's 23M weights: freezing them halves the
+        # optimizer's work and guards the pre-trained vocabulary against a small data
+        # set. Freezing the lowest layers too means no backward pass through them at all
+        # (a third less compute for 3 of 6), and the top layers are where a preference
+        # signal specialises the general-purpose sentence features.
+        frozen = list(model.backbone.encoder.layer[:config.frozen_layers])
+        if config.freeze_embeddings:
+            frozen.append(model.backbone.embeddings)
+        for module in frozen:
+            module.requires_grad_(False)
+
+    # Tokenize once. A pair is one row of 2 sequences; a label one row of 1.
+    chosen = model.encode([p.prompt for p in train_pairs], [p.chosen for p in train_pairs])
+    rejected = model.encode([p.prompt for p in train_pairs], [p.rejected for p in train_pairs])
+    labelled = model.encode([x.prompt for x in train_labels], [x.completion for x in train_labels])
+    pair_rows = [(c, r, p.weight) for c, r, p in zip(chosen, rejected, train_pairs, strict=True)]
+    label_rows = [(s, x.label, x.weight) for s, x in zip(labelled, train_labels, strict=True)]
+
+    steps_per_epoch = (math.ceil(len(pair_rows) / config.batch_size)
+                       + math.ceil(len(label_rows) / (2 * config.batch_size)))
+    total = steps_per_epoch * config.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(config.warmup_ratio * total))
+
+    def lr_factor(s: int) -> float:  # linear warm-up, then linear decay to zero
+        return (s + 1) / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+    model.train()
+    for module in model.modules():
+        # No dropout: the two answers of a pair must differ only in their text, not in
+        # which units were dropped (dropout noise swamps a small reward difference).
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    rng = random.Random(config.seed)
+    step, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    for _ in range(config.epochs):
+        batches = (_length_batches("pairs", pair_rows, config.batch_size, rng,
+                                   lambda r: max(len(r[0][0]), len(r[1][0])))
+                   + _length_batches("labels", label_rows, 2 * config.batch_size, rng,
+                                     lambda r: len(r[0][0])))
+        rng.shuffle(batches)
+        for kind, rows in batches:
+            if kind == "pairs":
+                batch = model.collate([r[0] for r in rows] + [r[1] for r in rows])
+                r_chosen, r_rejected = model(*batch).chunk(2)  # one pass for both sides
+                weight = torch.tensor([r[2] for r in rows], device=model.device)
+                loss = bradley_terry_loss(r_chosen, r_rejected, margin=config.margin,
+                                          center_coef=config.center_coef, weight=weight)
+            else:
+                batch = model.collate([r[0] for r in rows])
+                labels = torch.tensor([float(r[1]) for r in rows], device=model.device)
+                weight = torch.tensor([r[2] for r in rows], device=model.device)
+                loss = config.pointwise_coef * pointwise_loss(model(*batch), labels, weight)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if on_progress:
+                on_progress(step, total)
+    train_seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
+    model.eval()
+
+    # Normalisation statistics come from held-out answers (the training set when there
+    # is none), so that PPO sees rewards of about mean 0 and std 1 on fresh answers.
+    metrics = evaluate_reward_model(model, heldout_pairs, batch_size=config.eval_batch_size)
+    stats_pairs = heldout_pairs or train_pairs[:STATS_SAMPLE // 2]
+    raw = _answer_rewards(model, stats_pairs, config.eval_batch_size)
+    model.reward_mean = float(raw.mean())
+    model.reward_std = float(raw.std()) if raw.numel() > 1 else 1.0
+    model.reward_std = max(model.reward_std, 1e-6)
+    metrics.update(train_pairs=len(train_pairs), train_labels=len(train_labels),
+                   epochs=config.epochs, steps=step, train_seconds=round(train_seconds, 2),
+                   train_pairs_per_s=round(len(train_pairs) * config.epochs / train_seconds, 2),
+                   train_cpu_seconds=round(cpu_seconds, 2),
+                   reward_mean=model.reward_mean, reward_std=model.reward_std)
+    model.metrics = {"heldout": {k: metrics[k] for k in ("accuracy", "loss", "ece", "pairs")},
+                     "config": config.to_dict()}
+    return model, metrics
+
+
+def evaluate_reward_model(model: RewardModel, pairs: Sequence[Pair], *,
+                          batch_size: int = 64) -> dict[str, Any]:
+    """Accuracy, Bradley–Terry loss and calibration (ECE) of the model on `pairs`, and
+    pairs scored per second. Empty `pairs` give NaN figures."""
+    start = time.perf_counter()
+    chosen, rejected = _pair_rewards(model, pairs, batch_size)
+    seconds = time.perf_counter() - start
+    if not pairs:
+        nan = float("nan")
+        return {"accuracy": nan, "loss": nan, "ece": nan, "pairs": 0, "eval_pairs_per_s": nan}
+    return {"accuracy": float(pairwise_accuracy(chosen, rejected)),
+            "loss": float(bradley_terry_loss(chosen, rejected)),
+            "ece": float(expected_calibration_error(chosen, rejected)),
+            "pairs": len(pairs),
+            "eval_pairs_per_s": round(len(pairs) / max(seconds, 1e-9), 2)}
+
+
+def _pair_rewards(model: RewardModel, pairs: Sequence[Pair],
+                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw rewards [N] of the chosen and of the rejected answers, on the CPU."""
+    prompts = [p.prompt for p in pairs]
+    rewards = model.score(prompts * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs],
+                          normalized=False, batch_size=batch_size).float().cpu()
+    return rewards[:len(pairs)], rewards[len(pairs):]
+
+
+def _answer_rewards(model: RewardModel, pairs: Sequence[Pair], batch_size: int) -> torch.Tensor:
+    return torch.cat(_pair_rewards(model, pairs, batch_size))
+
+
+def _length_batches(kind: str, rows: list, size: int, rng: random.Random,
+                    length: Callable[[Any], int]) -> list[tuple[str, list]]:
+    """Batches of rows of similar length, so padding is small: shuffle, then sort by
+    length inside windows of 50 batches (keeps some randomness in what meets what)."""
+    order = rows[:]
+    rng.shuffle(order)
+    window = 50 * size
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=length)
+        batches += [(kind, chunk[i:i + size]) for i in range(0, len(chunk), size)]
+    return batches

@@ -1,0 +1,1 @@
+"""RLHF math as pure tensor functions: no models, no data loading, no I/O."""
