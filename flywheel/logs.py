@@ -3,6 +3,7 @@ shippers (`FLYWHEEL_LOG_FORMAT=json`). Fields passed as `extra={...}` appear in 
 
 import json
 import logging
+import sys
 import time
 
 # Attributes every LogRecord has; anything else on a record came from `extra`
@@ -35,14 +36,28 @@ class TextFormatter(logging.Formatter):
         return f"{line} {fields}" if fields else line
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (a captured or redirected stderr
+    that is later closed never breaks logging)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     """For long-running processes: our format on the root logger, and no progress bars
     from transformers (they are for terminals, not logs)."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "migrating…" on every start

@@ -5,6 +5,7 @@ PostgreSQL tests use a throw-away database on the server named by `FLYWHEEL_TEST
 with the reason; CI always has it (`.ci/run` starts it).
 """
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -76,6 +77,16 @@ def hh_dev() -> Path:
     if not HH_DEV.exists():
         pytest.skip(f"shared data not found at {HH_DEV} (a clone needs ../shared beside it)")
     return HH_DEV
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Commands configure the root logger for their process; undo it between tests."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+    logging.getLogger("alembic").setLevel(logging.NOTSET)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.cli import settings_from
+from flywheel.cli.common import settings_from
 from flywheel.settings import Settings
 
 
