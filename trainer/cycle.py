@@ -163,7 +163,7 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
         stored = store.save(result.model, version, adapter_name="default",
                             parent=live_version, base_model=settings.model)
         registry.register_adapter(session, version=version, base_model=settings.model,
-                                  path=str(stored.path), sha256=stored.sha256,
+                                  path=str(stored.path.resolve()), sha256=stored.sha256,
                                   parent_version=live_version, status="candidate")
         registry.set_eval_report(session, version=version,
                                  report={**report, "markdown": render_markdown(report)})
