@@ -36,7 +36,7 @@ def train_reward(
     = Backbone.minilm,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the training pairs.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
     max_length: Annotated[int, typer.Option(
         min=8, help="Tokens per conversation (the start is cut, the answer kept).")] = 256,
     margin: Annotated[float, typer.Option(help="Bradley–Terry margin.")] = 0.0,
