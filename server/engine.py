@@ -251,34 +251,37 @@ class GenerationEngine:
         temperature = torch.tensor([p.temperature for p in params], device=logits.device)
         top_p = torch.tensor([p.top_p for p in params], device=logits.device)
         tokens = sample_next_tokens(logits, temperature, top_p, [s.generator for s in seqs])
+        outbox: list[tuple[GenerationRequest, Event]] = []
         for seq, token in zip(seqs, tokens.tolist(), strict=True):
-            self._emit(seq, token)
+            self._emit(seq, token, outbox)
+        _deliver(outbox)
         self._retire()
 
-    def _emit(self, seq: _Sequence, token: int) -> None:
+    def _emit(self, seq: _Sequence, token: int, outbox: list) -> None:
         request = seq.request
         if token in self.eos_ids:
-            return self._finish(seq, "stop")
+            return self._finish(seq, "stop", outbox)
         seq.generated.append(token)
         self.tokens_generated += 1
         text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
         delta = seq.stream.update(text)
         if delta:
-            request.send(Token(delta))
+            outbox.append((request, Token(delta)))
         if seq.stream.stopped:
-            self._finish(seq, "stop")
+            self._finish(seq, "stop", outbox)
         elif (len(seq.generated) >= request.params.max_tokens
               or len(request.prompt_ids) + len(seq.generated) >= self.max_context):
-            self._finish(seq, "length", text)
+            self._finish(seq, "length", outbox, text)
 
-    def _finish(self, seq: _Sequence, reason: str, text: str | None = None) -> None:
+    def _finish(self, seq: _Sequence, reason: str, outbox: list,
+                text: str | None = None) -> None:
         if text is None:
             text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
         tail = seq.stream.finish(text)
         if tail:
-            seq.request.send(Token(tail))
-        seq.request.send(Finished(reason, seq.stream.sent, len(seq.request.prompt_ids),
-                                  len(seq.generated)))
+            outbox.append((seq.request, Token(tail)))
+        outbox.append((seq.request, Finished(reason, seq.stream.sent,
+                                             len(seq.request.prompt_ids), len(seq.generated))))
         seq.done = True
 
     def _retire(self) -> None:
@@ -304,6 +307,21 @@ class GenerationEngine:
         if not isinstance(self.model, PeftModel):
             return {}
         return {"adapter_names": [r.adapter or BASE for r in requests]}
+
+
+def _deliver(outbox: list[tuple[GenerationRequest, Event]]) -> None:
+    """Hand a step's events to their event loops: one wake-up per loop and step, not
+    one per token (the loops' threads would otherwise fight the engine for the GIL)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for request, event in outbox:
+        by_loop.setdefault(request.loop, []).append((request.events, event))
+    for loop, items in by_loop.items():
+        loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Event]]) -> None:
+    for events, event in items:
+        events.put_nowait(event)
 
 
 def _left_pad(t: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
