@@ -49,6 +49,7 @@ def up(host: HostOption = None, port: PortOption = None, model: ModelOption = No
     from trainer.worker import make_scheduler
 
     settings = settings_from(host=host, port=port, model=model, db=db, data_dir=data_dir)
+    configure_logging(settings.log_format)
     scheduler = make_scheduler(settings, background=True)
     scheduler.start()
     try:
