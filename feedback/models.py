@@ -264,3 +264,17 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=32)
     holder: str = Field(max_length=128)
     expires_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class AnnotatorQuality(SQLModel, table=True):
+    """How well one user's votes agree with the reward model that the last cycle trained
+    (written by the trainer; read by the server and the training data). The patterns and
+    the consensus agreement come from the raw votes (`feedback.queries.annotators`)."""
+
+    __tablename__ = "annotator_quality"
+
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", primary_key=True)
+    reward_model: str = Field(max_length=64)  # the reward model's version directory
+    reward_model_agreement: float | None = None  # share of the user's votes it agrees with
+    reward_model_items: int = 0  # how many of the user's votes it judged
+    computed_at: datetime = _timestamp()
