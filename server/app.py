@@ -21,6 +21,7 @@ from server.limits import RateLimiter
 from server.metrics import Metrics
 from server.routes import (
     adapters,
+    annotators,
     chat_ws,
     comparisons,
     conversations,
@@ -85,7 +86,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
         return response
 
     for module in (operations, chat_ws, openai, conversations, ratings, comparisons,
-                   rewrites, flags, adapters):
+                   rewrites, flags, adapters, annotators):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

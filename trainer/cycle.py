@@ -28,6 +28,7 @@ from feedback.queries.leases import acquire_lease, release_lease
 from flywheel.adapter_store import AdapterStore
 from flywheel.model_loading import load_model
 from flywheel.settings import Settings
+from trainer.annotators import record_annotator_quality
 from trainer.data import preference_pairs, user_prompts
 from trainer.evaluate import EvalConfig, evaluate_candidate, render_markdown
 from trainer.ppo import PPOConfig, prepare_policy, train_ppo
@@ -125,6 +126,10 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
     reward_model = reward_model if kept else RewardModel.load(current_reward_model(rm_root))
     progress("reward", {**rm_metrics, "version": rm_dir.name, "replaced_current": kept,
                         "pairs": len(split.train), "heldout_pairs": len(split.heldout)})
+    try:  # each user's agreement with it: the weights of their votes from now on
+        record_annotator_quality(engine, reward_model, version=current_reward_model(rm_root).name)
+    except Exception:  # worth a warning, not the cycle
+        log.warning("could not measure annotator quality", exc_info=True)
 
     # 2. PPO on LoRA, warm-started from the live adapter; the base model (adapter off) is
     #    the KL reference. Some real user prompts are kept back for the evaluation.

@@ -10,8 +10,15 @@ From the store (DESIGN §3):
 * rewrites: the user's rewrite beats the answer it rewrites;
 * flags: a flagged answer is a bad label.
 
-Pairs and labels are deduplicated, one user's share of them is capped, and they are
-split into train and held-out by conversation, so no conversation sits on both sides.
+Each pair and label is weighted by its kind (`SOURCE_WEIGHTS`: pairs inferred from
+separate thumbs count half) times its user's annotator weight
+(`feedback.queries.annotators`): 1 for an honest user as good as the crowd's median,
+down to 0.1 for a careless pattern (always A, always up, ...), random clicks, or votes
+that disagree with the reward model and the consensus (an adversary).
+
+Pairs and labels are deduplicated (of duplicates, the heaviest is kept), one user's share
+of them is capped, and they are split into train and held-out by conversation, so no
+conversation sits on both sides.
 The split hashes the conversation id with the seed: a conversation held out once stays
 held out as the store grows, which keeps the validation set fixed between retrains.
 """
@@ -20,7 +27,7 @@ import hashlib
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations, islice
 from pathlib import Path
 from typing import TypeVar
@@ -31,6 +38,7 @@ from sqlmodel import Session
 from feedback.db import session_scope
 from feedback.formats import Preference, read_records
 from feedback.models import Choice, Message, MessageRole
+from feedback.queries.annotators import annotator_weights
 from feedback.queries.conversations import message_paths, user_message_ids
 from feedback.queries.votes import iter_comparisons, iter_flags, iter_ratings, iter_rewrites
 
@@ -119,17 +127,24 @@ def user_prompts(engine: Engine, *, limit: int | None = None, seed: int = 0) -> 
 
 def preference_pairs(engine: Engine, *, max_user_share: float = DEFAULT_MAX_USER_SHARE,
                      heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
-                     seed: int = 0) -> PreferenceSplit:
-    """Every pair and label the store's feedback yields, capped and split (module doc)."""
+                     seed: int = 0, annotator_weighting: bool = True) -> PreferenceSplit:
+    """Every pair and label the store's feedback yields, weighted by annotator quality
+    (unless `annotator_weighting` is off), capped and split (module doc)."""
     if engine.dialect.name == "postgresql":  # one snapshot, even while the server writes
         engine = engine.execution_options(isolation_level="REPEATABLE READ")
     with session_scope(engine) as session:
-        pairs, labels, stats = _store_feedback(session)
+        pairs, labels, stats = store_feedback(session)
+        if annotator_weighting:
+            weights = annotator_weights(session)
+            pairs = [_reweighted(p, weights, stats) for p in pairs]
+            labels = [_reweighted(x, weights, stats) for x in labels]
     return split(pairs, labels, max_user_share=max_user_share,
                  heldout_fraction=heldout_fraction, seed=seed, stats=stats)
 
 
-def _store_feedback(session: Session) -> tuple[list[Pair], list[Label], dict[str, int]]:
+def store_feedback(session: Session) -> tuple[list[Pair], list[Label], dict[str, int]]:
+    """Every pair and label of the store, one per vote (not yet deduplicated, capped or
+    weighted by annotator), and counts of what made none (ties, both bad)."""
     comparisons = list(iter_comparisons(session, decided_only=True))
     ratings = list(iter_ratings(session))
     rewrites = list(iter_rewrites(session))
@@ -194,6 +209,14 @@ def _store_feedback(session: Session) -> tuple[list[Pair], list[Label], dict[str
     for f in flags:
         label(f.message_id, False, "flag", f.user_id)
     return pairs, labels, stats
+
+
+def _reweighted(item: T, weights: dict[int, float], stats: dict[str, int]) -> T:
+    weight = weights.get(item.user_id, 1.0) if item.user_id is not None else 1.0
+    if weight >= 1.0:
+        return item
+    stats["downweighted"] += 1
+    return replace(item, weight=item.weight * weight)
 
 
 def _pair(path: list[Message], rejected: str, source: str, user_id: int, *,
@@ -268,15 +291,16 @@ def split(pairs: Iterable[Pair], labels: Iterable[Label] = (), *,
 
 
 def _dedupe(items: Iterable[T], stats: dict[str, int], what: str) -> list[T]:
-    seen: set[tuple] = set()
-    kept = []
+    """The first of each duplicate's place, holding the heaviest of them."""
+    kept: dict[tuple, T] = {}
     for item in items:
-        if item.key in seen:
+        if item.key in kept:
             stats[f"duplicate_{what}"] += 1
+            if item.weight > kept[item.key].weight:
+                kept[item.key] = item
         else:
-            seen.add(item.key)
-            kept.append(item)
-    return kept
+            kept[item.key] = item
+    return list(kept.values())
 
 
 def cap_user_share(items: Sequence[T], max_share: float | None, *, seed: int = 0,

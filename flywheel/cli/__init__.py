@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from flywheel import __version__
-from flywheel.cli import adapters, loop, serving, store, training
+from flywheel.cli import adapters, loop, serving, simulate, store, training
 from flywheel.cli.common import FlywheelGroup
 
 app = typer.Typer(cls=FlywheelGroup, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -42,5 +42,6 @@ app.add_typer(store.users_app, name="users")
 app.add_typer(store.feedback_app, name="feedback")
 app.add_typer(store.db_app, name="db")
 app.command("demo-model")(serving.demo_model)
+app.command("simulate")(simulate.simulate)
 app.add_typer(training.train_app, name="train")
 app.add_typer(training.eval_app, name="eval")

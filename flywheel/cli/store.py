@@ -91,3 +91,24 @@ def users_create(
         users.create_user(session, handle=handle, role=role, api_key_hash=hash_api_key(key))
     typer.echo(f"created {role.value} {handle}; API key (shown only now):")
     typer.echo(key)
+
+
+@users_app.command("quality")
+def users_quality(db: DbOption = None, data_dir: DataDirOption = None) -> None:
+    """Annotator quality: each user's votes, careless pattern, agreement with the
+    consensus and with the last reward model, and the weight training gives their votes."""
+    from feedback.db import open_store, session_scope
+    from feedback.queries.annotators import annotator_quality
+
+    engine = open_store(settings_from(db=db, data_dir=data_dir).db_url)
+    with session_scope(engine) as session:
+        report = annotator_quality(session)
+    typer.echo(f"reward model: {report.reward_model or '(none measured yet)'}")
+    typer.echo(f"{'user':>6}  {'handle':<24} {'votes':>6} {'consensus':>13} "
+               f"{'reward model':>12}  {'pattern':<11} {'weight':>6}")
+    for a in report.annotators:
+        consensus = "-" if a.consensus_agreement is None else \
+            f"{a.consensus_agreement:.2f} ({a.consensus_items})"
+        rm = "-" if a.reward_model_agreement is None else f"{a.reward_model_agreement:.2f}"
+        typer.echo(f"{a.user_id:>6}  {a.handle[:24]:<24} {a.votes:>6} {consensus:>13} "
+                   f"{rm:>12}  {a.pattern or '-':<11} {a.weight:>6.2f}")

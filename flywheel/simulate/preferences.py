@@ -1,0 +1,95 @@
+"""Preference functions: what a simulated user likes.
+
+A preference is any function `score(prompt: str, answer: str) -> float` (higher is
+better), named as `module:function` (e.g. `flywheel.simulate.preferences:kindness`, or
+`mypackage.prefs:helpfulness` for your own). The same module may offer, by name:
+
+* `<function>_rewrite(prompt, answer) -> str | None`: a better answer, which users post
+  as a rewrite of answers they dislike (None: no rewrite);
+* `<function>_flag(prompt, answer) -> str | None`: a flag category (`harmful`,
+  `hateful`, ..., `other`) for an answer bad enough to flag (None: no flag);
+* `<function>_prompt(rng: random.Random) -> str`: what users ask (default: the demo
+  corpus's "Tell me about the weather." questions).
+
+Without them, users only vote. The built-ins speak the demo model's little language
+(`flywheel.demo_corpus`): `kindness` (kind words minus unkind words, with a rewrite that
+swaps unkind words for kind ones and a `harmful` flag for an answer with two unkind
+words), `length` (more words) and `brevity` (fewer words).
+"""
+
+import importlib
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flywheel import demo_corpus
+from flywheel.errors import FlywheelError
+
+Score = Callable[[str, str], float]
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A loaded preference: its score and the optional helpers (module doc)."""
+
+    name: str
+    score: Score
+    rewrite: Callable[[str, str], str | None] | None = None
+    flag: Callable[[str, str], str | None] | None = None
+    prompt: Callable[[random.Random], str] = demo_corpus.user_prompt
+
+
+def load_preference(spec: str | Score) -> Preference:
+    """`module:function` (or a function) as a Preference, with the helpers its module
+    offers. Raises FlywheelError for a spec that names nothing callable."""
+    if callable(spec):
+        module, name = importlib.import_module(spec.__module__), spec.__name__
+        score = spec
+    else:
+        module_name, _, name = spec.partition(":")
+        if not module_name or not name:
+            raise FlywheelError(f"a preference is module:function, not {spec!r}")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise FlywheelError(f"cannot import {module_name!r}: {e}") from None
+        score = getattr(module, name, None)
+        if not callable(score):
+            raise FlywheelError(f"{module_name!r} has no function {name!r}")
+    helpers = {kind: getattr(module, f"{name}_{kind}", None)
+               for kind in ("rewrite", "flag", "prompt")}
+    return Preference(name=f"{module.__name__}:{name}", score=score,
+                      rewrite=helpers["rewrite"], flag=helpers["flag"],
+                      prompt=helpers["prompt"] or demo_corpus.user_prompt)
+
+
+# -- the built-ins ---------------------------------------------------------------------
+
+
+def kindness(prompt: str, answer: str) -> float:
+    """Kind words minus unkind words (the demo corpus's preference)."""
+    return float(demo_corpus.kindness(answer))
+
+
+def kindness_rewrite(prompt: str, answer: str) -> str | None:
+    """The answer with each unkind word swapped for a kind one (None if it has none)."""
+    kind = iter(demo_corpus.KIND_WORDS * 4)
+    pattern = r"\b(" + "|".join(demo_corpus.UNKIND_WORDS) + r")\b"
+    better = re.sub(pattern, lambda _: next(kind), answer, flags=re.IGNORECASE)
+    return better if better != answer else None
+
+
+def kindness_flag(prompt: str, answer: str) -> str | None:
+    return "harmful" if demo_corpus.kindness(answer) <= -2 else None
+
+
+def length(prompt: str, answer: str) -> float:
+    """More words is better."""
+    return float(len(answer.split()))
+
+
+def brevity(prompt: str, answer: str) -> float:
+    """Fewer words is better (an empty answer is not)."""
+    words = len(answer.split())
+    return -float(words) if words else -100.0
