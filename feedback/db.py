@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 from feedback.errors import StoreError
+from feedback.eventlog import attach_event_log
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -99,8 +100,12 @@ def current_revision(engine: Engine) -> str | None:
         return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
 
-def open_store(url: str) -> Engine:
-    """Connect and migrate: what every command and process does on start."""
+def open_store(url: str, *, event_log: Path | None = None) -> Engine:
+    """Connect and migrate: what every command and process does on start. With
+    `event_log`, every change committed through the engine is appended to that file
+    (`feedback.eventlog`)."""
     engine = make_engine(url)
     upgrade(engine)
+    if event_log is not None:
+        attach_event_log(engine, event_log)
     return engine

@@ -6,7 +6,9 @@
   ranking of k answers; ties and "both bad" are no preference and are left out.
 * `kto`: TRL unpaired rows, `{"prompt": [...], "completion": [...], "label": bool}`,
   one per rating (thumb up is true).
-* `log`: every record of the store, for replay (`feedback.logformat`).
+* `log`: every record of the store in its final state, for replay (`feedback.logformat`):
+  the feedback, the adapter registry with its audit trail, training runs and annotator
+  quality.
 
 Rows come in id order, so the same store always gives the same bytes (the log's header
 time aside). Rows that `feedback.formats` would reject on import (a prompt that does
@@ -14,16 +16,17 @@ not end with a user turn, say) are left out of dpo and kto, so every export impo
 """
 
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from itertools import combinations, islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from feedback.db import session_scope
 from feedback.formats import FormatError, Preference, Progress, Turn, Unpaired, write_json_lines
-from feedback.logformat import header, to_log
+from feedback.logformat import KEYS, MODELS, header, to_log
 from feedback.models import Choice, Comparison, Message
 from feedback.queries.conversations import iter_conversations, iter_messages, message_paths
 from feedback.queries.users import iter_users
@@ -90,14 +93,19 @@ def _trl(record_type: type[Preference | Unpaired], *fields: Any) -> Iterator[dic
 
 
 def _log_rows(session: Session) -> Iterator[dict[str, Any]]:
-    yield header()
-    tables = (("user", iter_users), ("conversation", iter_conversations),
-              ("message", iter_messages), ("rating", iter_ratings),
-              ("comparison", lambda s: iter_comparisons(s, decided_only=False)),
-              ("rewrite", iter_rewrites), ("flag", iter_flags))
-    for kind, rows in tables:
-        for record in rows(session):
+    yield header("export")
+    tables = {"user": iter_users, "conversation": iter_conversations,
+              "message": iter_messages, "rating": iter_ratings,
+              "comparison": lambda s: iter_comparisons(s, decided_only=False),
+              "rewrite": iter_rewrites, "flag": iter_flags}
+    for kind in MODELS:
+        for record in tables.get(kind, partial(_in_key_order, kind=kind))(session):
             yield to_log(kind, record)
+
+
+def _in_key_order(session: Session, *, kind: str) -> Iterator[Any]:
+    model = MODELS[kind]
+    yield from session.exec(select(model).order_by(getattr(model, KEYS[kind])))
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:

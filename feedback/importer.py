@@ -7,17 +7,19 @@ prompt as a chain of messages, the two answers as children of its last user mess
 a comparison of [chosen, rejected] decided "a"; an unpaired record becomes the prompt,
 its answer and a thumb (+1 for a true label, -1 for a false one).
 
-A flywheel log (`feedback.exporter`, format "log") is restored record by record: users
-are matched by handle (created, without an API key, when missing), every id is remapped
-to the store's own, so a log can be merged into a store that already has feedback.
-Conversations the store already holds (same external id, or same owner and creation
-time) are skipped with their messages and the votes on them. Restoring into an empty
-store reproduces the original ids when the log's ids have no gaps.
+A flywheel log (an export or an event log, `feedback.logformat`) is merged record by
+record: users are matched by handle (created, without an API key, when missing), every
+id is remapped to the store's own, so a log can be merged into a store that already has
+feedback. Conversations the store already holds (same external id, or same owner and
+creation time) are skipped with their messages and the votes on them. A later state of
+a record updates the row restored from it, and a deletion deletes it. Only the feedback
+is merged: the adapter registry, training runs and annotator quality belong to the store
+that wrote the log, and are counted as not imported (`feedback.replay` rebuilds a whole
+store, ids and all).
 """
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,12 @@ from feedback.formats import (
     parse_json,
     parse_record,
 )
-from feedback.logformat import MODELS, REFERENCES, from_log, is_log_header, utc
+from feedback.logformat import from_log, is_log_header
+from feedback.logmerge import LogMerger
 from feedback.models import Choice, Comparison, Conversation, Message, Rating
 from feedback.queries.bulk import insert_rows
-from feedback.queries.conversations import conversation_start_times, existing_external_ids
-from feedback.queries.users import create_user, get_or_create_user, get_user_by_handle
+from feedback.queries.conversations import existing_external_ids
+from feedback.queries.users import get_or_create_user
 
 BATCH = 500  # records per flush
 MAX_EXAMPLES = 10  # invalid lines quoted in a report
@@ -61,6 +64,7 @@ class ImportReport:
     invalid_examples: list[str] = field(default_factory=list)  # the first few, FILE:LINE
     log: bool = False  # a flywheel log (restored) rather than a data file
     restored: dict[str, int] = field(default_factory=dict)  # a log's records, by type
+    not_imported: int = 0  # a log's registry, training run and annotator quality records
 
     def summary(self) -> str:
         """What happened, in a line, then the first invalid lines skipped."""
@@ -72,6 +76,9 @@ class ImportReport:
         lines = [f"{head} from {self.path} ({_plural(self.lines, 'line')}); skipped "
                  f"{_plural(self.skipped_duplicates, 'duplicate')} and "
                  f"{_plural(self.skipped_invalid, 'invalid line')}"]
+        if self.not_imported:
+            lines.append(f"not imported: {_plural(self.not_imported, 'record')} of the "
+                         "adapter registry, training runs and annotator quality")
         more = self.skipped_invalid - len(self.invalid_examples)
         return "\n".join(lines + self.invalid_examples + ([f"… and {more} more"] if more else []))
 
@@ -234,107 +241,10 @@ def _title(record: Record) -> str:
 
 def _restore_log(session: Session, path: Path, lines: Iterator[tuple[int, Any]],
                  report: ImportReport, skip_invalid: bool) -> None:
-    restorer = _LogRestorer(session, report)
+    merger = LogMerger(session, report)
     for number, obj in lines:
         try:
-            restorer.add(*from_log(obj))
+            merger.add(from_log(obj))
         except FormatError as e:
             _invalid(e.at(path, number), report, skip_invalid)
-    restorer.flush()
-
-
-class _LogRestorer:
-    """Restores log records in order, remapping ids. Inserts in batches, flushing early
-    when a record refers to one still waiting."""
-
-    def __init__(self, session: Session, report: ImportReport) -> None:
-        self.session, self.report = session, report
-        self.ids: dict[str, dict[int, int | None]] = {kind: {} for kind in REFERENCES}
-        self.pending: dict[str, dict[int, dict[str, Any]]] = {}
-        self.existing_users: set[int] = set()  # users the store had before the import
-        self.external_ids: set[str] = set()
-        self.starts: dict[int, set[datetime]] = {}
-
-    def add(self, kind: str, old_id: int, row: dict[str, Any]) -> None:
-        if old_id in self.ids[kind] or old_id in self.pending.get(kind, {}):
-            raise FormatError(f"{kind} {old_id} appears twice in the log")
-        skip = False  # a record inside a conversation the store already holds
-        for name, target in REFERENCES[kind].items():
-            value = row.get(name)
-            if value is not None:
-                new = [self._new_id(target, ref) for ref in _as_list(value)]
-                skip = skip or None in new
-                row[name] = new if isinstance(value, list) else new[0]
-        if skip:
-            self.ids[kind][old_id] = None
-            self.report.skipped_duplicates += 1
-        elif kind == "user":
-            self._user(old_id, row)
-        else:
-            self.pending.setdefault(kind, {})[old_id] = row
-            if sum(map(len, self.pending.values())) >= BATCH:
-                self.flush()
-
-    def _new_id(self, kind: str, old_id: int) -> int | None:
-        if old_id in self.pending.get(kind, {}):
-            self.flush()
-        if old_id not in self.ids[kind]:
-            raise FormatError(f"refers to {kind} {old_id}, which is not earlier in the log")
-        return self.ids[kind][old_id]
-
-    def _user(self, old_id: int, row: dict[str, Any]) -> None:
-        user = get_user_by_handle(self.session, handle=row["handle"])
-        if user is None:
-            user = create_user(self.session, handle=row["handle"], role=row.get("role", "user"))
-            if "created_at" in row:
-                user.created_at = row["created_at"]
-            self._count("user")
-        else:
-            self.existing_users.add(user.id)
-        self.ids["user"][old_id] = user.id
-
-    def flush(self) -> None:
-        self._drop_stored_conversations()
-        for kind, rows in self.pending.items():
-            if not rows:
-                continue
-            new_ids = insert_rows(self.session, model=MODELS[kind], rows=list(rows.values()))
-            self.ids[kind].update(zip(rows, new_ids, strict=True))
-            self._count(kind, len(rows))
-        self.pending = {}
-
-    def _drop_stored_conversations(self) -> None:
-        """Skip conversations the store holds already: same external id, or (for those
-        without one) same owner and creation time."""
-        pending = self.pending.get("conversation", {})
-        stored = existing_external_ids(self.session, external_ids=[
-            row["external_id"] for row in pending.values() if row.get("external_id")])
-        for old_id, row in list(pending.items()):
-            external_id, user_id = row.get("external_id"), row["user_id"]
-            if external_id:
-                duplicate = external_id in stored or external_id in self.external_ids
-                self.external_ids.add(external_id)
-            else:
-                duplicate = (user_id in self.existing_users and "created_at" in row
-                             and row["created_at"] in self._starts(user_id))
-            if duplicate:
-                del pending[old_id]
-                self.ids["conversation"][old_id] = None
-                self.report.skipped_duplicates += 1
-
-    def _starts(self, user_id: int) -> set[datetime]:
-        if user_id not in self.starts:
-            self.starts[user_id] = {utc(moment) for moment in conversation_start_times(
-                self.session, user_id=user_id)}
-        return self.starts[user_id]
-
-    def _count(self, kind: str, n: int = 1) -> None:
-        self.report.restored[kind] = self.report.restored.get(kind, 0) + n
-        if kind == "comparison":
-            self.report.pairs += n
-        elif kind == "rating":
-            self.report.labels += n
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
+    merger.flush()

@@ -1,20 +1,37 @@
-"""The flywheel feedback log: every record of the store as JSON lines, for replay.
+"""The flywheel log: the store's records as JSON lines, for replay (format version 2).
 
-The first line is a header, `{"format": "flywheel-log", "version": 1, "exported_at":
-…}`; then one object per record, grouped by type in dependency order (users,
-conversations, messages, ratings, comparisons, rewrites, flags), each group in creation
-(id) order. A record is `{"type": …}` followed by every column of its table, ids
-included, times as ISO-8601 UTC (`2026-01-02T03:04:05.000006Z`); API key hashes are
-never written. A record refers to others only by the ids of records above it.
+The first line is a header, `{"format": "flywheel-log", "version": 2, "source": "export"
+or "events", "created_at": …}`. Every other line is one record: `{"type": …}` followed by
+every column of its table (ids included, times as ISO-8601 UTC like
+`2026-01-02T03:04:05.000006Z`; API key hashes are never written), or a deletion,
+`{"type": …, "id": …, "deleted": true, "deleted_at": …}` (for `annotator_quality`, whose
+key is `user_id`, that field instead of `id`). A record refers to others only by the ids
+of records above it.
+
+Types, in dependency order: user, conversation, message, rating, comparison, rewrite, flag
+(the feedback), then adapter, training_run, audit_event (the registry and its history) and
+annotator_quality (each user's agreement with the last reward model, which weighs their
+votes in training).
+
+A record whose (type, id) appeared earlier is a newer state of that row: ratings are
+changed, comparisons decided, adapters move through their statuses. An export
+(`feedback export --format log`) writes each row once, in its final state, grouped by type
+in dependency order; the live event log (`feedback.eventlog`) writes every committed
+insert, update and deletion as it happens. Version 1 files (exports of the seven feedback
+types, each row once) read as they are.
 """
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlmodel import SQLModel
 
 from feedback.formats import FormatError
 from feedback.models import (
+    Adapter,
+    AdapterStatus,
+    AnnotatorQuality,
+    AuditEvent,
     Choice,
     Comparison,
     Conversation,
@@ -25,13 +42,21 @@ from feedback.models import (
     Rating,
     Rewrite,
     Role,
+    RunKind,
+    RunStatus,
+    TrainingRun,
     User,
 )
 
-LOG_FORMAT, LOG_VERSION = "flywheel-log", 1
+LOG_FORMAT, LOG_VERSION = "flywheel-log", 2
+READABLE_VERSIONS = (1, 2)
 MODELS: dict[str, type[SQLModel]] = {
     "user": User, "conversation": Conversation, "message": Message, "rating": Rating,
-    "comparison": Comparison, "rewrite": Rewrite, "flag": Flag}
+    "comparison": Comparison, "rewrite": Rewrite, "flag": Flag, "adapter": Adapter,
+    "training_run": TrainingRun, "audit_event": AuditEvent,
+    "annotator_quality": AnnotatorQuality}
+FEEDBACK_TYPES = ("user", "conversation", "message", "rating", "comparison", "rewrite", "flag")
+KEYS = {kind: "user_id" if kind == "annotator_quality" else "id" for kind in MODELS}
 SECRET = {"api_key_hash"}
 # Fields that hold ids of other records, and the type they point to.
 REFERENCES: dict[str, dict[str, str]] = {
@@ -43,25 +68,46 @@ REFERENCES: dict[str, dict[str, str]] = {
                    "candidate_ids": "message", "ranking": "message"},
     "rewrite": {"message_id": "message", "user_id": "user"},
     "flag": {"message_id": "message", "user_id": "user"},
+    "adapter": {},
+    "training_run": {},
+    "audit_event": {"actor_id": "user"},
+    "annotator_quality": {},  # its key, user_id, is a user's id
 }
 ALLOWED: dict[tuple[str, str], set[Any]] = {
     ("user", "role"): set(Role), ("message", "role"): set(MessageRole),
     ("rating", "thumb"): {-1, 1}, ("comparison", "choice"): {*Choice, None},
-    ("flag", "category"): set(FlagCategory)}
+    ("flag", "category"): set(FlagCategory), ("adapter", "status"): set(AdapterStatus),
+    ("training_run", "kind"): set(RunKind), ("training_run", "status"): set(RunStatus)}
+# The column that dates a record's state: rows that change carry the time of the change.
+STATE_TIME = {"user": "created_at", "conversation": "created_at", "message": "created_at",
+              "rating": "updated_at", "comparison": "updated_at", "rewrite": "created_at",
+              "flag": "created_at", "adapter": "updated_at", "training_run": "started_at",
+              "audit_event": "created_at", "annotator_quality": "computed_at"}
 
 
-def header() -> dict[str, Any]:
-    return {"format": LOG_FORMAT, "version": LOG_VERSION,
-            "exported_at": encode_time(datetime.now(UTC))}
+class LogRecord(NamedTuple):
+    """One parsed record: its type, its key, and its columns (None for a deletion), ids as
+    the log has them."""
+
+    kind: str
+    key: int
+    row: dict[str, Any] | None
+    time: datetime | None  # when this state began (see `STATE_TIME`), or the deletion
+
+
+def header(source: str) -> dict[str, Any]:
+    """The first line: `source` is "export" or "events"."""
+    return {"format": LOG_FORMAT, "version": LOG_VERSION, "source": source,
+            "created_at": encode_time(datetime.now(UTC))}
 
 
 def is_log_header(obj: Any) -> bool:
     """Whether a first line opens a flywheel log (checking that its version is known)."""
     if not (isinstance(obj, dict) and obj.get("format") == LOG_FORMAT):
         return False
-    if obj.get("version") != LOG_VERSION:
+    if obj.get("version") not in READABLE_VERSIONS:
         raise FormatError(f"unsupported {LOG_FORMAT} version {obj.get('version')!r} "
-                          f"(this Flywheel reads version {LOG_VERSION})")
+                          f"(this Flywheel reads versions 1 and {LOG_VERSION})")
     return True
 
 
@@ -75,14 +121,22 @@ def to_log(kind: str, record: SQLModel) -> dict[str, Any]:
     return line
 
 
-def from_log(obj: Any) -> tuple[str, int, dict[str, Any]]:
-    """A log line's type, id, and columns (checked, times parsed, ids not yet remapped)."""
+def deletion(kind: str, key: int, moment: datetime) -> dict[str, Any]:
+    """The log line saying that a row was deleted."""
+    return {"type": kind, KEYS[kind]: key, "deleted": True, "deleted_at": encode_time(moment)}
+
+
+def from_log(obj: Any) -> LogRecord:
+    """A log line, checked, times parsed, ids not yet remapped."""
     kind = obj.get("type") if isinstance(obj, dict) else None
     if not isinstance(kind, str) or kind not in MODELS:
         raise FormatError(f"not a log record: 'type' must be one of {', '.join(MODELS)}")
+    key = _check_id(obj.get(KEYS[kind]), KEYS[kind])
+    if obj.get("deleted") is True:
+        return LogRecord(kind, key, None, parse_time(obj.get("deleted_at"), "deleted_at"))
     row = {}
     for name, info in MODELS[kind].model_fields.items():
-        if name == "id" or name in SECRET:
+        if name == KEYS[kind] or name in SECRET:
             continue
         if name not in obj:
             if info.is_required():
@@ -99,7 +153,7 @@ def from_log(obj: Any) -> tuple[str, int, dict[str, Any]]:
             for ref in value if isinstance(value, list) else [value]:
                 _check_id(ref, name)
         row[name] = value
-    return kind, _check_id(obj.get("id"), "id"), row
+    return LogRecord(kind, key, row, row.get(STATE_TIME[kind]))
 
 
 def _check_id(value: Any, name: str) -> int:

@@ -141,8 +141,8 @@ def test_the_log_holds_every_record_and_no_secret(store, tmp_path):
     out = tmp_path / "log.jsonl"
     assert export_feedback(store, fmt="log", out=out) == 2 + 2 + 9 + 3 + 6 + 1 + 1
     header, *records = lines(out)
-    assert header["format"] == "flywheel-log" and header["version"] == 1
-    assert header["exported_at"].endswith("Z")
+    assert header["format"] == "flywheel-log" and header["version"] == 2
+    assert header["source"] == "export" and header["created_at"].endswith("Z")
     kinds = [record["type"] for record in records]
     assert kinds == ["user"] * 2 + ["conversation"] * 2 + ["message"] * 9 + ["rating"] * 3 + [
         "comparison"] * 6 + ["rewrite", "flag"]

@@ -190,8 +190,8 @@ def test_a_log_is_restored_with_new_ids_and_again_adds_nothing(engine, session, 
      "message record is missing field 'content'"),
     ({"type": "rating", "id": 9, "message_id": 12, "user_id": 7, "thumb": 2},
      "rating record has an invalid thumb: 2"),
-    ({"type": "message", "id": 10, "conversation_id": 3, "role": "user", "content": "q"},
-     "message 10 appears twice in the log"),
+    ({"type": "message", "id": 99, "deleted": True, "deleted_at": T0},
+     "deletes message 99, which is not earlier in the log"),
     ({"type": "message", "id": 11, "conversation_id": 3, "role": "user", "content": "q",
       "created_at": "yesterday"}, "'created_at' must be an ISO-8601 time"),
 ])
@@ -201,6 +201,26 @@ def test_a_bad_log_line_aborts_the_restore(engine, session, tmp_path, line, reas
         import_file(engine, path)
     assert str(caught.value).startswith(f"{path}:{len(LOG) + 1}: {reason}")
     assert_empty(session)
+
+
+def test_later_states_and_deletions_are_merged_and_the_registry_left_out(engine, session,
+                                                                          tmp_path):
+    T1 = "2026-01-03T00:00:00.000000Z"
+    path = write(tmp_path / "events.jsonl", [
+        {**HEADER, "version": 2, "source": "events"}, *LOG[1:],
+        {**LOG[5], "thumb": 1, "reasons": [], "updated_at": T1},  # the rating, changed
+        {"type": "flag", "id": 4, "deleted": True, "deleted_at": T1},
+        {"type": "adapter", "id": 1, "version": "policy-v1", "base_model": "demo",
+         "path": "/a", "status": "candidate", "created_at": T0, "updated_at": T0},
+        {"type": "annotator_quality", "user_id": 7, "reward_model": "rm-0001",
+         "reward_model_items": 3, "computed_at": T1}])
+    report = import_file(engine, path)
+    assert report.restored == {"user": 1, "conversation": 1, "message": 2, "rating": 1,
+                               "flag": 1}
+    assert report.not_imported == 2 and "not imported: 2 records" in report.summary()
+    (rating,) = iter_ratings(session)
+    assert rating.thumb == 1 and rating.updated_at.isoformat().startswith("2026-01-03")
+    assert list(iter_flags(session)) == []
 
 
 def test_an_unknown_log_version_is_refused(engine, session, tmp_path):

@@ -1,0 +1,172 @@
+"""The live event log: every committed change to the store, appended as it happens.
+
+`open_store(url, event_log=path)` turns it on for an engine; from then on every session on
+that engine logs, so the server, the worker and the CLI all write it without knowing.
+The hook lives in SQLAlchemy's session events:
+
+* after each flush, the rows of the logged tables (`feedback.logformat.MODELS`) it
+  inserted, updated or deleted become log records, in their state at that moment (the
+  flush's rows by type in dependency order, then by id; deletions last);
+* ORM bulk statements on the logged tables become records too: an `insert(Model)` that
+  returns the ids (how imports insert), and a `delete(Model)` (its rows are looked up
+  first, and each gets a deletion record);
+* after the commit, the transaction's records are appended to the file, before
+  `commit()` returns — so whoever learns a new row's id learns it after its record is in
+  the log;
+* a rollback drops them (a savepoint's rollback drops what was flushed inside it): a
+  rolled-back transaction writes nothing.
+
+The file is append-only JSON lines (`feedback.logformat`, with a header when the file is
+new) and several processes may append to one file: each transaction's lines go out in one
+`os.write` on an `O_APPEND` descriptor under an exclusive `flock`, so they never
+interleave. A process killed between its commit and the append loses that transaction's
+records (the store keeps them; `feedback export --format log` writes the whole store). A
+failed append is logged as an error and does not undo the commit. Core UPDATE statements
+are not seen; the store's queries use them only for leases, which are not logged.
+"""
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+
+from feedback.logformat import KEYS, MODELS, deletion, header, to_log
+from feedback.models import utcnow
+
+log = logging.getLogger(__name__)
+
+OPTION = "flywheel_event_log"  # the engine execution option that holds the EventLog
+PENDING = "flywheel_event_log_pending"  # session.info: (EventLog, [(transaction, record)])
+TYPES = {model: kind for kind, model in MODELS.items()}
+TABLES = {model.__table__.name: kind for kind, model in MODELS.items()}
+RANK = {kind: rank for rank, kind in enumerate(MODELS)}
+
+
+class EventLog:
+    """An append-only JSON-lines file that many processes may append to at once."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        body = b"".join(_line(record) for record in records)
+        if not body:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_size == 0:
+                body = _line(header("events")) + body
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)  # and with it the lock
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False).encode() + b"\n"
+
+
+def attach_event_log(engine: Engine, path: str | Path) -> None:
+    """Log every change committed through `engine` (and engines derived from it) to
+    `path`."""
+    engine.update_execution_options(**{OPTION: EventLog(path)})
+
+
+def _event_log(session: Session) -> EventLog | None:
+    return session.connection().get_execution_options().get(OPTION)
+
+
+def _collect(session: Session, log_file: EventLog, records: list[dict[str, Any]]) -> None:
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    _, pending = session.info.setdefault(PENDING, (log_file, []))
+    pending.extend((transaction, record) for record in records)
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _context: Any) -> None:
+    changed = [row for row in (*session.new, *session.dirty) if type(row) in TYPES
+               and (row in session.new or session.is_modified(row))]
+    gone = [row for row in session.deleted if type(row) in TYPES]
+    if not (changed or gone) or (log_file := _event_log(session)) is None:
+        return
+    records = sorted((to_log(TYPES[type(row)], row) for row in changed),
+                     key=lambda r: (RANK[r["type"]], r[KEYS[r["type"]]]))
+    now = utcnow()
+    records += [deletion(kind, getattr(row, KEYS[kind]), now)
+                for row in gone for kind in [TYPES[type(row)]]]
+    _collect(session, log_file, records)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _bulk_statement(state: ORMExecuteState) -> Any:
+    if not (state.is_insert or state.is_delete):
+        return None
+    kind = TABLES.get(getattr(state.statement.table, "name", None))
+    if kind is None or (log_file := _event_log(state.session)) is None:
+        return None
+    model, key = MODELS[kind], KEYS[kind]
+    if state.is_delete:
+        where = state.statement.whereclause
+        query = select(getattr(model, key)) if where is None else select(
+            getattr(model, key)).where(where)
+        now = utcnow()
+        gone = [deletion(kind, value, now) for value in state.session.scalars(query)]
+        _collect(state.session, log_file, gone)
+        return None
+    result = state.invoke_statement().freeze()
+    if key not in result().keys():  # noqa: SIM118 (a Result, not a dict)
+        log.error("an insert into %s returned no %s: its rows are missing from the event "
+                  "log %s", kind, key, log_file.path)
+        return result()
+    rows = state.parameters if isinstance(state.parameters, list) else [state.parameters]
+    added = [to_log(kind, model(**{**row, key: value}))
+             for row, value in zip(rows, result().scalars(key), strict=True)]
+    _collect(state.session, log_file, added)
+    return result()
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    log_file, pending = session.info.pop(PENDING, (None, []))
+    if not pending:
+        return
+    try:
+        log_file.append(record for _, record in pending)
+    except OSError:
+        log.exception("could not append %d records to the event log %s", len(pending),
+                      log_file.path)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    """A session closed without committing takes its records with it."""
+    if transaction.parent is None:
+        session.info.pop(PENDING, None)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, previous: SessionTransaction) -> None:
+    """Drop what the rolled-back transaction (or savepoint) and those inside it flushed."""
+    log_file, pending = session.info.get(PENDING, (None, []))
+    kept = [(t, r) for t, r in pending if not _inside(t, previous)]
+    if kept:
+        session.info[PENDING] = (log_file, kept)
+    else:
+        session.info.pop(PENDING, None)
+
+
+def _inside(transaction: SessionTransaction | None, outer: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is outer:
+            return True
+        transaction = transaction.parent
+    return False
