@@ -25,6 +25,7 @@ from server.routes import (
     chat_ws,
     comparisons,
     conversations,
+    feedback_browser,
     flags,
     openai,
     operations,
@@ -86,7 +87,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
         return response
 
     for module in (operations, chat_ws, openai, conversations, ratings, comparisons,
-                   rewrites, flags, adapters, annotators):
+                   rewrites, flags, adapters, annotators, feedback_browser):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

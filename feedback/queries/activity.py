@@ -1,10 +1,12 @@
-"""How much feedback has arrived: what the scheduler checks before it trains."""
+"""How much feedback has arrived: what the scheduler checks before it trains, and the
+volume over time that the operator console charts."""
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from feedback.errors import InvalidFeedback
 from feedback.models import Comparison, Flag, Rating, Rewrite
 
 
@@ -24,3 +26,46 @@ def feedback_counts(session: Session, *, since: datetime | None = None) -> dict[
                                 | col(Comparison.ranking).is_not(None))
         counts[kind] = session.exec(query).one()
     return counts
+
+
+VOLUME_KINDS = {  # kind -> (table, the column that dates a vote), as in `feedback_counts`
+    "rating": (Rating, Rating.updated_at),
+    "comparison": (Comparison, Comparison.updated_at),
+    "rewrite": (Rewrite, Rewrite.created_at),
+    "flag": (Flag, Flag.created_at),
+}
+BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+MAX_BUCKETS = 2000
+
+
+def bucket_start(moment: datetime, bucket: str) -> datetime:
+    """The start (UTC) of the hour or day that holds `moment`; naive means UTC."""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    moment = moment.replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0) if bucket == "day" else moment
+
+
+def feedback_volume(session: Session, *, bucket: str, since: datetime,
+                    until: datetime) -> list[tuple[datetime, dict[str, int]]]:
+    """Votes of each kind per hour or per day (UTC) from the bucket holding `since` up to
+    the one holding `until`, empty buckets included. Bucketed here rather than in SQL,
+    whose date functions differ between SQLite and PostgreSQL."""
+    if bucket not in BUCKETS:
+        raise InvalidFeedback(f"bucket must be hour or day, not {bucket!r}")
+    first, last = bucket_start(since, bucket), bucket_start(until, bucket)
+    if last < first:
+        raise InvalidFeedback("since must come before until")
+    count = (last - first) // BUCKETS[bucket] + 1
+    if count > MAX_BUCKETS:
+        raise InvalidFeedback(f"{count} {bucket}s asked for; at most {MAX_BUCKETS} at a time")
+    starts = [first + i * BUCKETS[bucket] for i in range(count)]
+    volume = {start: dict.fromkeys(VOLUME_KINDS, 0) for start in starts}
+    end = last + BUCKETS[bucket]
+    for kind, (model, stamp) in VOLUME_KINDS.items():
+        query = select(stamp).where(col(stamp) >= first, col(stamp) < end)
+        if model is Comparison:
+            query = query.where(col(Comparison.choice).is_not(None)
+                                | col(Comparison.ranking).is_not(None))
+        for moment in session.exec(query):
+            volume[bucket_start(moment, bucket)][kind] += 1
+    return list(volume.items())
