@@ -217,7 +217,9 @@ async def _turn(ctx: _Crowd, session: Session, persona: Persona, plan: random.Ra
         choice = persona.pick(judge, pref, prompt, a, b)
         parent = await session.pick(result.comparison_id, choice)
         votes["pick"] += 1
-        report.actions.append((turn, "pick", choice, a, b))
+        # in the answers' terms, not the display order (the server shuffles that)
+        picked = {"a": a, "b": b}.get(choice, choice)
+        report.actions.append((turn, "pick", picked, *sorted((a, b))))
         return result.conversation_id, parent
     answer = result.answers["a"]
     path = f"/api/messages/{answer.message_id}"
