@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_format: str = "text"  # or "json": one object per line
+    # Every committed change to the store, appended as JSON lines (`feedback.eventlog`);
+    # default <data_dir>/events.jsonl, "off" (or empty) for none.
+    event_log: str | None = None
 
     # Serving
     secret_key: str | None = None  # signs session cookies; default: kept in data_dir
@@ -53,6 +56,12 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.db or f"sqlite:///{(self.data_dir / 'flywheel.db').resolve()}"
+
+    @property
+    def event_log_path(self) -> Path | None:
+        if self.event_log is None:
+            return self.data_dir / "events.jsonl"
+        return None if self.event_log in ("", "off") else Path(self.event_log)
 
     @property
     def adapters_dir(self) -> Path:

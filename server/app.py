@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        db = open_store(settings.db_url)
+        db = open_store(settings.db_url, event_log=settings.event_log_path)
         loaded = model or load_model(settings.model, models_dir=settings.models_dir)
         engine = GenerationEngine(loaded.model, loaded.tokenizer, max_batch=settings.max_batch,
                                   max_context=loaded.max_context)

@@ -112,19 +112,26 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
         with session_scope(engine) as session:
             runs.record_progress(session, run_id=run_id, metrics=metrics)
 
+    # All the data is read at once, at the start of the run's window: what arrives while
+    # the cycle trains waits for the next one (and a replay of the log up to the window's
+    # end sees what the cycle saw).
+    split = preference_pairs(engine, seed=config.seed)
+    prompts = user_prompts(engine, limit=config.prompt_limit, seed=config.seed)
+
     # 1. Reward model, from every kind of vote. It replaces the current one only if it is
     #    not worse on the held-out conversations.
-    split = preference_pairs(engine, seed=config.seed)
     if len(split.train) < config.min_pairs:
         raise ValueError(f"{len(split.train)} preference pairs; the reward model needs "
                          f"{config.min_pairs}")
     reward_model, rm_metrics = train_reward_model(split.train, split.heldout, config.reward,
                                                   train_labels=split.train_labels)
     rm_root = reward_models_dir(settings.data_dir)
+    previous = current_reward_model(rm_root)
     rm_dir = reward_model.save(new_version_dir(rm_root))
-    kept = promote_if_not_worse(rm_dir, current_reward_model(rm_root), split.heldout)
-    reward_model = reward_model if kept else RewardModel.load(current_reward_model(rm_root))
+    kept = promote_if_not_worse(rm_dir, previous, split.heldout)
+    reward_model = reward_model if kept else RewardModel.load(previous)
     progress("reward", {**rm_metrics, "version": rm_dir.name, "replaced_current": kept,
+                        "previous_version": previous.name if previous else None,
                         "pairs": len(split.train), "heldout_pairs": len(split.heldout)})
     try:  # each user's agreement with it: the weights of their votes from now on
         record_annotator_quality(engine, reward_model, version=current_reward_model(rm_root).name)
@@ -133,7 +140,6 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
 
     # 2. PPO on LoRA, warm-started from the live adapter; the base model (adapter off) is
     #    the KL reference. Some real user prompts are kept back for the evaluation.
-    prompts = user_prompts(engine, limit=config.prompt_limit, seed=config.seed)
     cut = max(1, int(len(prompts) * config.eval_share))
     eval_prompts, train_prompts = prompts[:cut], prompts[cut:] or prompts
     with session_scope(engine) as session:

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def cycle_job(settings: Settings) -> None:
-    engine = open_store(settings.db_url)
+    engine = open_store(settings.db_url, event_log=settings.event_log_path)
     try:
         result = run_cycle(settings, engine,
                            CycleConfig(min_new_feedback=settings.cycle_min_feedback))

@@ -19,7 +19,8 @@ ActorOption = Annotated[str | None, typer.Option(
 def _store(db, data_dir):
     from feedback.db import open_store
 
-    return open_store(settings_from(db=db, data_dir=data_dir).db_url)
+    settings = settings_from(db=db, data_dir=data_dir)
+    return open_store(settings.db_url, event_log=settings.event_log_path)
 
 
 def _line(adapter) -> str:

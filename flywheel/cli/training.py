@@ -171,7 +171,7 @@ def train_ppo_command(
     from trainer.reward import RewardModel, current_reward_model, reward_models_dir
 
     settings = settings_from(db=db, data_dir=data_dir, model=model)
-    engine = open_store(settings.db_url)
+    engine = open_store(settings.db_url, event_log=settings.event_log_path)
     reward_model = reward_model or current_reward_model(reward_models_dir(settings.data_dir))
     if reward_model is None:
         raise FlywheelError("no reward model: train one with `flywheel train reward` or pass "
