@@ -1,6 +1,7 @@
 """The training loop: the scheduler worker, one cycle now, and the runs it recorded."""
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -31,13 +32,26 @@ def cycle(
     model: ModelOption = None, db: DbOption = None, data_dir: DataDirOption = None,
     if_due: Annotated[bool, typer.Option(
         help="Only if enough new feedback has arrived (as the scheduler does).")] = False,
+    from_log: Annotated[Path | None, typer.Option(
+        help="Reproduce a logged cycle from this flywheel log instead, in a temporary "
+        "store and data directory, and compare its metrics with the logged ones.")] = None,
+    run: Annotated[int | None, typer.Option(
+        help="With --from-log: the cycle run to reproduce. [default: the last that "
+        "succeeded]", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="With --from-log: the seed to run with. [default: the logged one]",
+        show_default=False)] = None,
 ) -> None:
     """Run one training cycle now: reward model, PPO, evaluation, a candidate adapter."""
+    if from_log is not None:
+        reproduce(settings_from(model=model, db=db, data_dir=data_dir), from_log,
+                  run_id=run, seed=seed)
+        return
     from feedback.db import open_store
     from trainer.cycle import CycleConfig, run_cycle
 
     settings = settings_from(model=model, db=db, data_dir=data_dir)
-    engine = open_store(settings.db_url)
+    engine = open_store(settings.db_url, event_log=settings.event_log_path)
     configure_logging(settings.log_format)
     result = run_cycle(settings, engine,
                        CycleConfig(min_new_feedback=settings.cycle_min_feedback),
@@ -49,6 +63,45 @@ def cycle(
         typer.echo(f"cycle {result.status}: {result.reason}", err=result.status == "failed")
         if result.status == "failed":
             raise typer.Exit(1)
+
+
+def reproduce(settings, log: Path, *, run_id: int | None, seed: int | None) -> None:
+    """`cycle --from-log`: the logged run's metrics beside the reproduced ones; the last
+    line is one JSON object of figures. Exit code 1 when they differ."""
+    from flywheel.cli.common import progress_bar
+    from trainer.reproduce import reproduce_cycle
+
+    configure_logging(settings.log_format)
+    with progress_bar(f"replaying {log.name}") as on_progress:
+        result = reproduce_cycle(settings, log, run_id=run_id, seed=seed,
+                                 on_progress=on_progress)
+    differences = result.differences
+    shown = [path for path in result.logged if not path.startswith("ppo.steps[")]
+    last_step = max((p for p in result.logged if p.startswith("ppo.steps[")), default=None)
+    if last_step:
+        prefix = last_step.split("]")[0] + "]"
+        shown += [p for p in result.logged if p.startswith(prefix)]
+    shown += [p for p in differences if p not in shown]
+    typer.echo(f"{'figure':<44} {'logged':>22} {'reproduced':>22}")
+    for path in shown:
+        mark = "  <- differs" if path in differences else ""
+        typer.echo(f"{path:<44} {_cell(result.logged.get(path)):>22} "
+                   f"{_cell(result.reproduced.get(path)):>22}{mark}")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    compared = len(result.logged.keys() | result.reproduced.keys())
+    typer.echo(f"cycle {result.run_id} (seed {result.seed}): "
+               + ("the metrics match exactly" if result.matches else
+                  f"{len(differences)} of {compared} figures differ"))
+    typer.echo(json.dumps({"run": result.run_id, "seed": result.seed, "status": result.status,
+                           "match": result.matches, "figures": compared,
+                           "differences": len(differences)}))
+    if not result.matches:
+        raise typer.Exit(1)
+
+
+def _cell(value) -> str:
+    return "-" if value is None else str(value)[:22]
 
 
 @runs_app.command("list")

@@ -11,7 +11,8 @@ from flywheel.cli.common import DataDirOption, DbOption, progress_bar, settings_
 from flywheel.errors import FlywheelError
 
 db_app = typer.Typer(no_args_is_help=True, help="The feedback store's schema.")
-feedback_app = typer.Typer(no_args_is_help=True, help="Import and export feedback.")
+feedback_app = typer.Typer(no_args_is_help=True,
+                           help="Import, export and replay feedback.")
 users_app = typer.Typer(no_args_is_help=True, help="Users and API keys.")
 
 
@@ -45,7 +46,8 @@ def feedback_import(
     from feedback.db import open_store
     from feedback.importer import import_file
 
-    engine = open_store(settings_from(db=db, data_dir=data_dir).db_url)
+    settings = settings_from(db=db, data_dir=data_dir)
+    engine = open_store(settings.db_url, event_log=settings.event_log_path)
     with progress_bar(f"importing {file.name}") as on_progress:
         report = import_file(engine, file, user_handle=user, skip_invalid=skip_invalid,
                              on_progress=on_progress)
@@ -71,6 +73,25 @@ def feedback_export(
     typer.echo(f"wrote {count} {fmt.value} records to {out}")
 
 
+@feedback_app.command("replay")
+def feedback_replay(
+    log: Annotated[Path, typer.Argument(help="A flywheel log: an event log (events.jsonl) "
+                                        "or `feedback export --format log` (optionally .gz).")],
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Rebuild a store from a log, keeping its ids: into an empty store only (to merge a
+    log into one that has feedback, use `feedback import`). One transaction."""
+    from feedback.db import open_store
+    from feedback.replay import replay_log
+
+    # Not written to an event log: the log being replayed already is this store's history.
+    engine = open_store(settings_from(db=db, data_dir=data_dir).db_url)
+    with progress_bar(f"replaying {log.name}") as on_progress:
+        report = replay_log(engine, log, on_progress=on_progress)
+    typer.echo(report.summary())
+
+
 @users_app.command("create")
 def users_create(
     handle: Annotated[str, typer.Argument(help="A unique name, e.g. alice.")],
@@ -83,7 +104,8 @@ def users_create(
     from feedback.queries import users
     from flywheel.api_keys import hash_api_key, new_api_key
 
-    engine = open_store(settings_from(db=db, data_dir=data_dir).db_url)
+    settings = settings_from(db=db, data_dir=data_dir)
+    engine = open_store(settings.db_url, event_log=settings.event_log_path)
     key = new_api_key()
     with session_scope(engine) as session:
         if users.get_user_by_handle(session, handle=handle) is not None:
