@@ -1,12 +1,18 @@
 // The operator console: adapters (status, evaluation report, sample answer pairs, live
-// win rate with its interval), approve / reject / promote / roll back with confirmation,
-// and training runs with their step logs and charts.
+// win rate with its interval, canary share), approve / reject / promote / roll back with
+// confirmation, feedback volume and reward-model accuracy charts, the annotators, the
+// feedback browser, and training runs with their step logs and charts.
+import { annotatorsPanel } from "./annotators.js";
 import { api, describeError, h } from "./api.js";
+import {
+  accuracyChart, accuracyPoints, lineChart, pct, volumeChart, winRateChart,
+} from "./charts.js";
+import { feedbackBrowser } from "./feedback-browser.js";
 import { renderMarkdown } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
-const SVG = "http://www.w3.org/2000/svg";
 const KEY = "flywheel-operator-key";
+const operatorApi = (path, options = {}) => api(path, { ...options, key });
 
 let key = sessionStorage.getItem(KEY) ?? "";
 const openReports = new Set(); // reports left open across refreshes
@@ -20,7 +26,12 @@ const CONFIRM = {
   reject: (v) => `Reject ${v}? It will stop being evaluated and cannot go live.`,
   promote: (v) => `Promote ${v} to live? Every default chat turn will be answered by it.`,
   rollback: () => "Roll back to the previously live adapter?",
+  traffic: (v, share) => (share > 0
+    ? `Set ${v}'s canary share to ${pct(share)}? That share of chat turns will be answered `
+      + "by it, side by side with the live adapter."
+    : `Set ${v}'s canary share to 0%? It will answer no more chat turns.`),
 };
+const CANARY = new Set(["candidate", "approved"]);
 
 function showBanner(message) {
   const banner = $("banner");
@@ -46,7 +57,7 @@ async function act(action, version) {
   const path = action === "rollback" ? "/api/adapters/rollback"
     : `/api/adapters/${encodeURIComponent(version)}/${action}`;
   try {
-    await api(path, { method: "POST", key });
+    await operatorApi(path, { method: "POST" });
     await refresh();
   } catch (error) {
     showBanner(`${action} failed: ${describeError(error)}`);
@@ -55,8 +66,6 @@ async function act(action, version) {
 
 // -- adapters --------------------------------------------------------------------------
 
-const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(x * 100)}%`);
-
 function winRateText(b) {
   if (!b) return "–";
   const games = b.wins + b.losses + b.ties;
@@ -64,6 +73,32 @@ function winRateText(b) {
   return `${pct(b.win_rate)} (95% CI ${pct(b.low)}–${pct(b.high)}) vs ${b.opponent}: `
     + `${b.wins} won, ${b.losses} lost, ${b.ties} tied, ${b.both_bad} both bad `
     + `(${games} votes)`;
+}
+
+async function setTraffic(version, input) {
+  const share = Number(input.value) / 100;
+  if (!Number.isFinite(share) || share < 0 || share > 1 || input.value === "") {
+    showBanner("A canary share is a percentage from 0 to 100.");
+    return;
+  }
+  if (!(await confirmAction(CONFIRM.traffic(version, share)))) return;
+  try {
+    await operatorApi(`/api/adapters/${encodeURIComponent(version)}/traffic`,
+      { method: "PUT", body: { share } });
+    await refresh();
+  } catch (error) {
+    showBanner(`Setting the canary share failed: ${describeError(error)}`);
+  }
+}
+
+/** The adapter's share of default traffic; a canary control for candidates. */
+function trafficCell(a) {
+  const current = h("span", { class: "traffic-share" }, pct(a.traffic_share));
+  if (!CANARY.has(a.status)) return current;
+  const input = h("input", { type: "number", min: 0, max: 100, step: 1, class: "share-input",
+    value: Math.round(a.traffic_share * 100), "aria-label": `Canary share for ${a.version} (%)` });
+  return h("form", { class: "canary", onsubmit: (e) => { e.preventDefault(); setTraffic(a.version, input); } },
+    current, input, h("button", { type: "submit" }, "Set share"));
 }
 
 function adapterRow(a) {
@@ -75,7 +110,7 @@ function adapterRow(a) {
     h("th", { scope: "row" }, a.version),
     h("td", {}, h("span", { class: `status-pill status-${a.status}` }, a.status)),
     h("td", {}, a.parent_version ?? "–"),
-    h("td", {}, pct(a.traffic_share)),
+    h("td", {}, trafficCell(a)),
     h("td", {}, a.loaded ? "yes" : "no"),
     h("td", {}, winRateText(a.live_battles)),
     h("td", {}, new Date(a.created_at).toLocaleString()),
@@ -102,32 +137,11 @@ function reportDetails(a) {
     samples.length ? h("h3", {}, "Sample answer pairs") : null, ...samples);
 }
 
-function winRateChart(adapters) {
-  const rows = adapters.filter((a) => a.live_battles?.win_rate !== null && a.live_battles);
-  if (!rows.length) return h("p", { class: "muted" }, "No live side-by-side votes yet.");
-  const width = 520, rowH = 26, left = 120, top = 18;
-  const svg = svgEl("svg", { class: "chart", width, height: top + rows.length * rowH + 20,
-    role: "img", "aria-label": "Live win rate against the live adapter, with 95% intervals" });
-  const x = (v) => left + v * (width - left - 20);
-  svg.append(svgEl("line", { class: "axis", x1: x(0.5), x2: x(0.5), y1: 8,
-    y2: top + rows.length * rowH }), svgText(x(0.5) - 10, 12, "50%"));
-  rows.forEach((a, i) => {
-    const b = a.live_battles;
-    const y = top + i * rowH;
-    svg.append(svgText(4, y + 14, a.version),
-      svgEl("rect", { class: "bar", x: x(0), y: y + 4, height: 14,
-        width: Math.max(1, x(b.win_rate) - x(0)), opacity: 0.6 }),
-      svgEl("line", { class: "interval", x1: x(b.low ?? b.win_rate), x2: x(b.high ?? b.win_rate),
-        y1: y + 11, y2: y + 11 }),
-      svgText(x(1) - 30, y + 14, pct(b.win_rate)));
-  });
-  return h("figure", {}, svg, h("figcaption", { class: "muted" },
-    "Live win rate (users' side-by-side picks), with its 95% interval"));
-}
-
 async function loadAdapters() {
-  const adapters = await api("/api/adapters", { key });
+  const adapters = await operatorApi("/api/adapters");
   $("win-chart").replaceChildren(winRateChart(adapters));
+  $("fb-adapter-versions").replaceChildren(...["base", ...adapters.map((a) => a.version)]
+    .map((v) => h("option", { value: v })));
   const table = h("table", { class: "data" },
     h("thead", {}, h("tr", {}, ...["Version", "Status", "Parent", "Traffic", "Loaded",
       "Live win rate", "Created", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
@@ -137,39 +151,23 @@ async function loadAdapters() {
     ...reports);
 }
 
+// -- charts: feedback volume, reward-model accuracy ------------------------------------
+
+async function loadVolume() {
+  const bucket = $("volume-bucket").value;
+  $("volume-chart").replaceChildren(volumeChart(
+    await operatorApi(`/api/feedback/volume?bucket=${encodeURIComponent(bucket)}`)));
+}
+
 // -- training runs ---------------------------------------------------------------------
 
-function svgEl(tag, attrs) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  return node;
-}
-
-function svgText(x, y, text) {
-  const node = svgEl("text", { x, y });
-  node.textContent = text;
-  return node;
-}
-
-/** A small line chart of one numeric series. */
-function lineChart(name, values) {
-  const width = 260, height = 90, pad = 6;
-  const lo = Math.min(...values), hi = Math.max(...values);
-  const span = hi - lo || 1;
-  const points = values.map((v, i) => [
-    pad + (i / Math.max(1, values.length - 1)) * (width - 2 * pad),
-    height - pad - ((v - lo) / span) * (height - 2 * pad - 14),
-  ]);
-  const svg = svgEl("svg", { class: "chart", width, height, role: "img",
-    "aria-label": `${name} over ${values.length} steps, from ${lo.toFixed(3)} to ${hi.toFixed(3)}` });
-  svg.append(svgText(pad, 11, `${name}: ${values.at(-1).toFixed(3)}`),
-    svgEl("polyline", { class: "line", points: points.map((p) => p.join(",")).join(" ") }));
-  return svg;
-}
+const FIRST_STEP_KEYS = ["reward", "kl"]; // reward and KL per PPO step lead
 
 function stepCharts(steps) {
   const keys = Object.keys(steps[0] ?? {}).filter((k) =>
     steps.every((s) => typeof s[k] === "number") && k !== "step");
+  const rank = (k) => (FIRST_STEP_KEYS.includes(k) ? FIRST_STEP_KEYS.indexOf(k) : 99);
+  keys.sort((a, b) => rank(a) - rank(b));
   return h("div", { class: "row-actions" }, keys.slice(0, 6).map((k) =>
     lineChart(k, steps.map((s) => s[k]))));
 }
@@ -189,19 +187,33 @@ function runDetails(run) {
 }
 
 async function loadRuns() {
-  const runs = await api("/api/training-runs", { key });
-  $("runs").replaceChildren(...(runs.length ? runs.map(runDetails)
+  const runs = await operatorApi("/api/training-runs?limit=200");
+  $("accuracy-chart").replaceChildren(accuracyChart(accuracyPoints(runs)));
+  $("runs").replaceChildren(...(runs.length ? runs.slice(0, 50).map(runDetails)
     : [h("p", {}, "No training runs yet.")]));
 }
 
 // -- page ------------------------------------------------------------------------------
 
+const browser = feedbackBrowser({ api: operatorApi });
+
+async function loadAnnotators() {
+  $("annotators").replaceChildren(await annotatorsPanel({ api: operatorApi,
+    onUser: browser.showUser }));
+}
+
+function showSections(shown) {
+  for (const section of document.querySelectorAll("section[data-operator]")) {
+    section.hidden = !shown;
+  }
+}
+
 async function refresh() {
   if (!key) return;
   try {
-    await Promise.all([loadAdapters(), loadRuns()]);
-    $("adapters-section").hidden = false;
-    $("runs-section").hidden = false;
+    await Promise.all([loadAdapters(), loadRuns(), loadVolume(), loadAnnotators(),
+      browser.load()]);
+    showSections(true);
     $("banner").hidden = true;
   } catch (error) {
     if (error.status === 401 || error.status === 403) {
@@ -223,11 +235,12 @@ function main() {
   $("forget-key").addEventListener("click", () => {
     sessionStorage.removeItem(KEY);
     key = "";
-    $("adapters-section").hidden = true;
-    $("runs-section").hidden = true;
+    showSections(false);
   });
   $("rollback").addEventListener("click", () => act("rollback"));
   $("refresh").addEventListener("click", refresh);
+  $("volume-bucket").addEventListener("change", () => loadVolume().catch((error) =>
+    showBanner(describeError(error))));
   refresh();
 }
 

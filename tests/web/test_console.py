@@ -16,7 +16,6 @@ from flywheel.adapter_store import AdapterStore
 from flywheel.api_keys import hash_api_key, new_api_key
 from tests.server.hotswap_fixtures import AdapterMaker, register
 from tests.server.support import wait_until
-from tests.web.conftest import screenshot
 from trainer.evaluate import render_markdown
 
 pytestmark = pytest.mark.slow
@@ -66,8 +65,7 @@ def test_wrong_key_is_refused(page, live):
     expect(page.locator("#adapters-section")).to_be_hidden()
 
 
-def test_approve_promote_then_chat_answers_from_it(page, live, operator_key, candidate,
-                                                   tmp_path):
+def test_approve_promote_then_chat_answers_from_it(page, live, operator_key, candidate):
     page.goto(f"{live.url}/console.html")
     page.get_by_label("API key").fill(operator_key)
     page.get_by_role("button", name="Connect").click()
@@ -93,9 +91,6 @@ def test_approve_promote_then_chat_answers_from_it(page, live, operator_key, can
     dialog.get_by_role("button", name="Confirm").click()
     expect(row.locator(".status-pill")).to_have_text("approved")
     expect(report).to_have_attribute("open", "")  # still open after the refresh
-    page.set_viewport_size({"width": 1200, "height": 1100})
-    screenshot(page, "console.png", tmp_path)
-    page.set_viewport_size({"width": 1200, "height": 800})
 
     row.get_by_role("button", name="Promote to live").click()
     expect(dialog).to_contain_text("Promote")
