@@ -45,14 +45,24 @@ def bucket_start(moment: datetime, bucket: str) -> datetime:
     return moment.replace(hour=0) if bucket == "day" else moment
 
 
-def feedback_volume(session: Session, *, bucket: str, since: datetime,
-                    until: datetime) -> list[tuple[datetime, dict[str, int]]]:
+DEFAULT_BUCKETS = {"hour": 48, "day": 30}  # how far back the volume goes by default
+
+
+def feedback_volume(session: Session, *, bucket: str, since: datetime | None = None,
+                    until: datetime | None = None) -> list[tuple[datetime, dict[str, int]]]:
     """Votes of each kind per hour or per day (UTC) from the bucket holding `since` up to
-    the one holding `until`, empty buckets included. Bucketed here rather than in SQL,
-    whose date functions differ between SQLite and PostgreSQL."""
+    the one holding `until` (now; by default 48 hours or 30 days back), empty buckets
+    included. Bucketed here rather than in SQL, whose date functions differ between
+    SQLite and PostgreSQL."""
     if bucket not in BUCKETS:
         raise InvalidFeedback(f"bucket must be hour or day, not {bucket!r}")
-    first, last = bucket_start(since, bucket), bucket_start(until, bucket)
+    try:
+        last = bucket_start(until or datetime.now(UTC), bucket)
+        first = (bucket_start(since, bucket) if since is not None
+                 else last - (DEFAULT_BUCKETS[bucket] - 1) * BUCKETS[bucket])
+        end = last + BUCKETS[bucket]
+    except OverflowError:
+        raise InvalidFeedback("since and until must lie between the years 1 and 9999") from None
     if last < first:
         raise InvalidFeedback("since must come before until")
     count = (last - first) // BUCKETS[bucket] + 1
@@ -60,7 +70,6 @@ def feedback_volume(session: Session, *, bucket: str, since: datetime,
         raise InvalidFeedback(f"{count} {bucket}s asked for; at most {MAX_BUCKETS} at a time")
     starts = [first + i * BUCKETS[bucket] for i in range(count)]
     volume = {start: dict.fromkeys(VOLUME_KINDS, 0) for start in starts}
-    end = last + BUCKETS[bucket]
     for kind, (model, stamp) in VOLUME_KINDS.items():
         query = select(stamp).where(col(stamp) >= first, col(stamp) < end)
         if model is Comparison:

@@ -1,7 +1,7 @@
 """Operator routes over the feedback itself: a browser of every vote with the prompt and
 answers it judged (for reviewing flagged content), and the volume of votes over time."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -14,9 +14,6 @@ from server.auth import Operator
 from server.store import SessionDep
 
 router = APIRouter(prefix="/api/feedback", tags=["operators"])
-
-DEFAULT_BUCKETS = {"hour": 48, "day": 30}  # how far back the volume goes by default
-
 
 class AnswerOut(BaseModel):
     message_id: int
@@ -89,8 +86,6 @@ def feedback_volume(
 ) -> VolumeOut:
     """Votes of each kind per hour or day (UTC), empty buckets included; by default the
     last 48 hours or 30 days."""
-    until = until or datetime.now(UTC)
-    since = since or until - (DEFAULT_BUCKETS[bucket] - 1) * activity.BUCKETS[bucket]
     volume = activity.feedback_volume(session, bucket=bucket, since=since, until=until)
     return VolumeOut(bucket=bucket, kinds=list(activity.VOLUME_KINDS),
                      buckets=[VolumeBucket(start=start, counts=counts)

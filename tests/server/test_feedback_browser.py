@@ -207,6 +207,8 @@ def test_volume_defaults_to_recent_buckets(get) -> None:
      "invalid_feedback"),
     ({"bucket": "hour", "since": T0.isoformat(),
       "until": (T0 + timedelta(days=365)).isoformat()}, "invalid_feedback"),
+    ({"until": "0001-01-02T00:00:00Z"}, "invalid_feedback"),
+    ({"since": "9999-12-31T12:00:00Z", "until": "9999-12-31T13:00:00Z"}, "invalid_feedback"),
 ])
 def test_volume_refuses_bad_windows(get, params, code) -> None:
     response = get("/api/feedback/volume", **params)
