@@ -1,11 +1,16 @@
-"""The built-in demo model: a tiny random-initialised Llama with the MiniLM WordPiece tokenizer.
+"""The built-in demo model: a tiny Llama with the MiniLM WordPiece tokenizer, taught a
+little language when it is built.
 
-It lets Flywheel run end to end with nothing downloaded. Its answers are gibberish, so it is
-marked as a demo in its config (`flywheel_demo: true`); real deployments pass `--model` with a
-real instruct model.
+It lets Flywheel run end to end with nothing downloaded. Built, it is trained for a few
+seconds on the CPU to answer "Tell me about my cat." with sentences such as "it is kind and
+odd, that is what i think about my cat." (see `flywheel.demo_corpus`): its adjectives are
+drawn uniformly from kind, unkind and neutral words, so a preference for kind words is
+something RLHF can visibly teach it. It is marked as a demo in its config
+(`flywheel_demo: true`); real deployments pass `--model` with a real instruct model.
 """
 
 import logging
+import random
 import shutil
 import uuid
 from pathlib import Path
@@ -15,12 +20,14 @@ import torch
 from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from flywheel.demo_corpus import TOPICS, demo_answer
 from flywheel.errors import FlywheelError
 
 logger = logging.getLogger(__name__)
 
 DEMO_DIRNAME = "demo"
 DEMO_CONFIG_FLAG = "flywheel_demo"
+TEACHING_STEPS = 150  # about 10 s on two CPU cores; its loss then sits near the corpus entropy
 
 # Plain-text role markers that WordPiece can tokenize; assistant turns end with the eos token.
 # `{% generation %}` lets `apply_chat_template(..., return_assistant_tokens_mask=True)` mark the
@@ -83,12 +90,14 @@ def demo_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
     return config
 
 
-def write_demo_model(path: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write the demo model and its tokenizer to `path`, atomically; deterministic per seed."""
+def write_demo_model(path: Path, *, seed: int = 0, overwrite: bool = False,
+                     teaching_steps: int = TEACHING_STEPS) -> Path:
+    """Write the demo model and its tokenizer to `path`, atomically; deterministic per seed.
+    `teaching_steps=0` leaves it random (answers are then gibberish)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FlywheelError(f"demo model directory already exists: {path} (delete it to rebuild)")
-    logger.info("writing the built-in random-initialised demo model (seed %d) to %s", seed, path)
+    logger.info("building the demo model (seed %d) in %s", seed, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
     try:
@@ -96,12 +105,36 @@ def write_demo_model(path: Path, *, seed: int = 0, overwrite: bool = False) -> P
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LlamaForCausalLM(demo_config(tokenizer))
+            teach_demo_language(model, tokenizer, steps=teaching_steps, seed=seed)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _publish(tmp, path, overwrite=overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def teach_demo_language(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, *,
+                        steps: int, seed: int, batch_size: int = 32) -> None:
+    """Next-token training on chats in the demo's language (prompt tokens included: the
+    model is a toy, and learning the questions too costs nothing)."""
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        chats = []
+        for _ in range(batch_size):
+            topic = rng.choice(TOPICS)
+            chats.append([{"role": "user", "content": f"Tell me about {topic}."},
+                          {"role": "assistant", "content": demo_answer(rng, topic)}])
+        texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
+        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+        loss = model(**batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
 
 
 def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 DEMO_NAME = "demo"
 DEFAULT_CONTEXT = 2048  # when neither the config nor the tokenizer states a window
 DEMO_NOTICE = (
-    "a random-initialised demo model (its answers are gibberish); "
+    "the built-in demo model (a toy that only speaks a little language); "
     "pass --model with a real instruct model for real use"
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from feedback.db import open_store
-from flywheel.demo_model import ensure_demo_model
+from flywheel.demo_model import demo_model_path, write_demo_model
 from tests.fixtures.tiny_models import TINY_KINDS, write_tiny_model
 
 PG_SERVER = os.environ.get("FLYWHEEL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -104,7 +104,9 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models directory that already holds the demo model."""
+    """A models directory that already holds the demo model, untaught: random weights
+    give every prompt its own gibberish, which shows up answers sent to the wrong stream
+    (and building it takes no time). `tests/flywheel/test_demo_model.py` tests the taught one."""
     models_dir = tmp_path_factory.mktemp("models")
-    ensure_demo_model(models_dir)
+    write_demo_model(demo_model_path(models_dir), teaching_steps=0)
     return models_dir

@@ -21,12 +21,12 @@ def demo_model(
     data_dir: DataDirOption = None,
     out: Annotated[Path | None, typer.Option(
         help="Write it here instead of <data-dir>/models/demo.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for its initial weights and teaching.")] = 0,
 ) -> None:
-    """Write the built-in demo model: a tiny random-initialised Llama with a real tokenizer.
-
-    It answers gibberish until trained; it exists so that everything runs with no download.
-    """
+    """Write the built-in demo model: a tiny Llama with a real tokenizer, taught in a few
+    seconds to answer "Tell me about my cat." in a little language ("it is kind and odd,
+    that is what i think about my cat."). It exists so that everything runs with no
+    download, and so that RLHF has something it can visibly improve."""
     from flywheel.demo_model import demo_model_path, write_demo_model
 
     target = out or demo_model_path(settings_from(data_dir=data_dir).models_dir)
@@ -34,7 +34,8 @@ def demo_model(
         hint = "" if out else " or pass --out"
         raise FlywheelError(f"{target} already exists; remove it{hint}")
     write_demo_model(target, seed=seed)
-    typer.echo(f"wrote the demo model (random weights, for trying Flywheel out) to {target}")
+    typer.echo(f"wrote the demo model (a toy that speaks a little language, for trying "
+               f"Flywheel out) to {target}")
 
 
 def serve(host: HostOption = None, port: PortOption = None, model: ModelOption = None,

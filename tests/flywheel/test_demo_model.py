@@ -1,9 +1,13 @@
 import hashlib
+import random
+import re
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+from flywheel import demo_model
+from flywheel.demo_corpus import ADJECTIVES, user_prompt
 from flywheel.demo_model import (
     build_demo_tokenizer,
     demo_model_path,
@@ -25,9 +29,9 @@ def _weights_sha(path: Path) -> str:
 
 
 def test_demo_model_is_deterministic_per_seed(tmp_path: Path) -> None:
-    first = write_demo_model(tmp_path / "a", seed=0)
-    again = write_demo_model(tmp_path / "b", seed=0)
-    other = write_demo_model(tmp_path / "c", seed=1)
+    first = write_demo_model(tmp_path / "a", seed=0, teaching_steps=2)
+    again = write_demo_model(tmp_path / "b", seed=0, teaching_steps=2)
+    other = write_demo_model(tmp_path / "c", seed=1, teaching_steps=2)
     assert _weights_sha(first) == _weights_sha(again)
     assert _weights_sha(first) != _weights_sha(other)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no temp dirs left
@@ -71,11 +75,12 @@ def test_chat_template_renders_roles_and_marks_assistant_tokens() -> None:
 
 
 def test_write_refuses_an_existing_directory_unless_overwrite(tmp_path: Path) -> None:
-    path = write_demo_model(tmp_path / "demo", seed=0)
+    path = write_demo_model(tmp_path / "demo", seed=0, teaching_steps=0)
     with pytest.raises(FlywheelError, match="already exists"):
-        write_demo_model(path, seed=1)
-    write_demo_model(path, seed=1, overwrite=True)
-    assert _weights_sha(path) == _weights_sha(write_demo_model(tmp_path / "seed1", seed=1))
+        write_demo_model(path, seed=1, teaching_steps=0)
+    write_demo_model(path, seed=1, overwrite=True, teaching_steps=0)
+    again = write_demo_model(tmp_path / "seed1", seed=1, teaching_steps=0)
+    assert _weights_sha(path) == _weights_sha(again)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -85,13 +90,32 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None
 
     monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        write_demo_model(tmp_path / "demo")
+        write_demo_model(tmp_path / "demo", teaching_steps=0)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ensure_demo_model_writes_once(tmp_path: Path) -> None:
+def test_ensure_demo_model_writes_once(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(demo_model, "teach_demo_language", lambda *args, **kwargs: None)
     path = ensure_demo_model(tmp_path)
     assert path == demo_model_path(tmp_path)
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert ensure_demo_model(tmp_path) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_the_built_demo_model_speaks_its_little_language(tmp_path: Path) -> None:
+    path = write_demo_model(tmp_path / "demo")  # taught, as `flywheel up` builds it
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    rng = random.Random(0)
+    chats = [[{"role": "user", "content": user_prompt(rng)}] for _ in range(32)]
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+             for c in chats]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    out = model.generate(**batch, do_sample=True, temperature=0.7, max_new_tokens=24,
+                         pad_token_id=tokenizer.pad_token_id)
+    answers = tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
+    shape = re.compile(r"it is (\w+) and (\w+), that is what i think about [\w ]+\.")
+    matches = [m for a in answers if (m := shape.fullmatch(a))]
+    assert len(matches) >= 0.75 * len(answers), answers
+    assert all(word in ADJECTIVES for m in matches for word in m.groups()), answers

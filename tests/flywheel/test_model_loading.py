@@ -60,7 +60,7 @@ def test_demo_model_is_labelled_as_a_demo(models_dir, caplog) -> None:
     records = [r for r in caplog.records if r.name == "flywheel.model_loading"]
     assert len(records) == 2
     assert all(
-        r.levelno == logging.WARNING and "random-initialised demo model" in r.getMessage()
+        r.levelno == logging.WARNING and "built-in demo model" in r.getMessage()
         for r in records
     )
     _generate_batch(loaded)
