@@ -75,12 +75,12 @@ def replay_log(engine: Engine, path: str | Path, *, until: datetime | None = Non
                                               "header ({\"format\": \"flywheel-log\", ...})")
                         continue
                     record = from_log(obj)
+                    if until is not None and record.time is not None and record.time > until:
+                        report.after_until += 1
+                    elif (record.kind, record.key) not in left_out:
+                        writer.add(record)
                 except FormatError as e:
                     raise e.at(path, number) from None
-                if until is not None and record.time is not None and record.time > until:
-                    report.after_until += 1
-                elif (record.kind, record.key) not in left_out:
-                    writer.add(record)
             writer.flush()
             report.rows = _counts(session)
             if engine.dialect.name == "postgresql":

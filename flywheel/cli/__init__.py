@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from flywheel import __version__
-from flywheel.cli import adapters, loop, serving, simulate, store, training
+from flywheel.cli import adapters, loop, replay, serving, simulate, store, training
 from flywheel.cli.common import FlywheelGroup
 
 app = typer.Typer(cls=FlywheelGroup, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,6 +36,7 @@ app.command("up")(serving.up)
 app.command("serve")(serving.serve)
 app.command("worker")(loop.worker)
 app.command("cycle")(loop.cycle)
+app.command("replay")(replay.replay)
 app.add_typer(loop.runs_app, name="runs")
 app.add_typer(adapters.adapters_app, name="adapters")
 app.add_typer(store.users_app, name="users")
