@@ -65,9 +65,10 @@ def replay_answers(settings: Settings, log_path: str | Path, *, adapter: str,
     if rm_dir is None:
         raise FlywheelError(f"no reward model in {reward_models_dir(settings.data_dir)}: run a "
                             "cycle or `flywheel train reward` first")
+    store = AdapterStore(settings.adapters_dir)
+    store.verify(adapter)  # before the model loads: a wrong version fails at once
     loaded = load_model(settings.model, models_dir=settings.models_dir)
-    policy = AdapterStore(settings.adapters_dir).load(loaded.model, adapter,
-                                                      adapter_name="default")
+    policy = store.load(loaded.model, adapter, adapter_name="default")
     prompts = [answer.prompt for answer in logged]
     answers = _generate(policy, loaded.tokenizer, prompts, config, on_progress)
     reward_model = RewardModel.load(rm_dir)
