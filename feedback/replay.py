@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import PydanticUndefined
 from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
@@ -168,10 +169,7 @@ class _Writer:
     def flush(self) -> None:
         for kind, model in MODELS.items():
             if rows := list(self.inserts[kind].values()):
-                # The model fills in what an older log lacks, as the store would.
-                self.session.execute(insert(model), [
-                    {name: getattr(model(**row), name) for name in model.model_fields}
-                    for row in rows])
+                self.session.execute(insert(model), [_complete(model, row) for row in rows])
                 self.stored[kind].update(self.inserts[kind])
                 self.inserts[kind] = {}
         for kind, model in MODELS.items():
@@ -179,3 +177,14 @@ class _Writer:
                 self.session.execute(update(model), rows)
                 self.updates[kind] = {}
         self.waiting = 0
+
+
+def _complete(model: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """The row with the model's defaults for what it lacks (an older log's fields, the API
+    key hash), as the store would fill them in."""
+    missing = model.model_fields.keys() - row.keys()
+    if not missing:
+        return row
+    defaults = {name: model.model_fields[name].get_default(call_default_factory=True)
+                for name in missing}
+    return {**row, **{k: None if v is PydanticUndefined else v for k, v in defaults.items()}}
