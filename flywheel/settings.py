@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # The training loop
     cycle_interval_s: float = 600.0  # how often the worker considers a cycle
     cycle_min_feedback: int = 50  # new votes needed before a cycle runs
+    # A JSON file of the cycle's recipe, overriding its defaults section by section, e.g.
+    # {"reward": {"max_length": 64}, "ppo": {"steps": 20, "max_new_tokens": 32}}
+    cycle_config: Path | None = None
     auto_promote: bool = False  # promote a candidate that passes the gate, without an operator
     auto_promote_min_win_rate: float = 0.55  # reward-model win rate over the live adapter
     auto_promote_max_kl: float = 5.0  # nats per answer to the base model

@@ -8,12 +8,13 @@ clean. Nothing half-made becomes visible: the reward model and the adapter are w
 atomically, and the adapter is registered only once it is stored and evaluated.
 """
 
+import json
 import logging
 import os
 import socket
 import threading
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from feedback.queries import runs
 from feedback.queries.activity import feedback_counts
 from feedback.queries.leases import acquire_lease, release_lease
 from flywheel.adapter_store import AdapterStore
+from flywheel.errors import FlywheelError
 from flywheel.model_loading import load_model
 from flywheel.settings import Settings
 from trainer.annotators import record_annotator_quality
@@ -57,6 +59,33 @@ class CycleConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def cycle_config_from(settings: Settings) -> CycleConfig:
+    """The cycle's recipe: the defaults, overridden by `settings.cycle_config` (a JSON file
+    of sections: top-level fields, "reward", "ppo", "eval"), with clear errors."""
+    config = CycleConfig(min_new_feedback=settings.cycle_min_feedback)
+    if settings.cycle_config is None:
+        return config
+    path = settings.cycle_config
+    try:
+        overrides = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FlywheelError(f"cycle config {path}: {e}") from None
+    if not isinstance(overrides, dict):
+        raise FlywheelError(f"cycle config {path}: expected a JSON object")
+    sections = {"reward": config.reward, "ppo": config.ppo, "eval": config.eval}
+    try:
+        for name, value in overrides.items():
+            if name in sections:
+                if not isinstance(value, dict):
+                    raise ValueError(f"'{name}' must be an object")
+                sections[name] = replace(sections[name], **value)
+            else:
+                config = replace(config, **{name: value})
+    except (TypeError, ValueError) as e:  # an unknown field, a section not an object
+        raise FlywheelError(f"cycle config {path}: {e}") from None
+    return replace(config, **sections)
 
 
 @dataclass

@@ -8,6 +8,7 @@ and a few answer pairs to read. `render_markdown` turns it into the readable ver
 """
 
 from dataclasses import asdict, dataclass
+from itertools import cycle, islice
 
 import torch
 from peft import PeftModel
@@ -36,11 +37,16 @@ def evaluate_candidate(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, re
                        prompts: list[Messages], *, candidate: str, baseline: str | None,
                        config: EvalConfig | None = None) -> dict:
     """Compare adapter `candidate` with adapter `baseline` (None: the base model), both
-    loaded in `policy`. Returns the report as a JSON-ready dict."""
+    loaded in `policy`. Returns the report as a JSON-ready dict.
+
+    With fewer held-out prompts than `config.max_prompts`, prompts are answered more than
+    once (each answer sampled anew), so a store with few distinct questions still gives
+    `max_prompts` answer pairs to judge rather than a handful."""
     config = config or EvalConfig()
-    prompts = prompts[: config.max_prompts]
     if not prompts:
         raise ValueError("evaluation needs held-out prompts")
+    distinct = min(len(prompts), config.max_prompts)
+    prompts = list(islice(cycle(prompts), config.max_prompts))
     torch.manual_seed(config.seed)
     policy.eval()  # peft refuses mixed-adapter batches in training mode
     cand = _answers(policy, tokenizer, prompts, candidate, config)
@@ -58,7 +64,8 @@ def evaluate_candidate(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, re
     cand_len = _mean(len(a["ids"]) for a in cand)
     base_len = _mean(len(a["ids"]) for a in base)
     return {
-        "candidate": candidate, "baseline": baseline or "base", "prompts": len(prompts),
+        "candidate": candidate, "baseline": baseline or "base", "prompts": distinct,
+        "answers": len(prompts),
         "reward": {"candidate": _mean(cand_reward), "baseline": _mean(base_reward),
                    "delta": mean, "delta_low": low, "delta_high": high},
         "reward_model_win_rate": asdict(judged),

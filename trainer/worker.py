@@ -11,7 +11,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from feedback.db import open_store
 from flywheel.settings import Settings
-from trainer.cycle import CycleConfig, run_cycle
+from trainer.cycle import cycle_config_from, run_cycle
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def cycle_job(settings: Settings) -> None:
     engine = open_store(settings.db_url, event_log=settings.event_log_path)
     try:
         result = run_cycle(settings, engine,
-                           CycleConfig(min_new_feedback=settings.cycle_min_feedback))
+                           cycle_config_from(settings))
         log.info("cycle %s%s", result.status, f": {result.reason}" if result.reason else "",
                  extra={"run_id": result.run_id, "adapter": result.adapter_version})
     finally:

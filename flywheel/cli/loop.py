@@ -48,13 +48,13 @@ def cycle(
                   run_id=run, seed=seed)
         return
     from feedback.db import open_store
-    from trainer.cycle import CycleConfig, run_cycle
+    from trainer.cycle import cycle_config_from, run_cycle
 
     settings = settings_from(model=model, db=db, data_dir=data_dir)
     engine = open_store(settings.db_url, event_log=settings.event_log_path)
     configure_logging(settings.log_format)
     result = run_cycle(settings, engine,
-                       CycleConfig(min_new_feedback=settings.cycle_min_feedback),
+                       cycle_config_from(settings),
                        force=not if_due)
     if result.status == "succeeded":
         typer.echo(f"cycle {result.run_id} made candidate {result.adapter_version}; "

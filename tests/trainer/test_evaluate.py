@@ -1,5 +1,7 @@
 """Candidate evaluation on the demo model, with a reward that is easy to reason about."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -27,14 +29,14 @@ def policy(models_dir):
 
 
 PROMPTS = [[{"role": "user", "content": f"tell me about topic {i}"}] for i in range(6)]
-CONFIG = EvalConfig(max_new_tokens=8, batch_size=4, samples=2)
+CONFIG = EvalConfig(max_prompts=6, max_new_tokens=8, batch_size=4, samples=2)
 
 
 def test_report_compares_candidate_and_base(policy):
     model, tokenizer = policy
     report = evaluate_candidate(model, tokenizer, LengthReward(), PROMPTS, candidate="cand",
                                 baseline=None, config=CONFIG)
-    assert report["prompts"] == 6 and report["baseline"] == "base"
+    assert report["prompts"] == report["answers"] == 6 and report["baseline"] == "base"
     r = report["reward"]
     assert r["delta"] == pytest.approx(r["candidate"] - r["baseline"], abs=1e-6)
     assert r["delta_low"] <= r["delta"] <= r["delta_high"]
@@ -69,3 +71,12 @@ def test_evaluation_needs_prompts(policy):
     with pytest.raises(ValueError, match="held-out prompts"):
         evaluate_candidate(model, tokenizer, LengthReward(), [], candidate="cand",
                            baseline=None)
+
+
+def test_few_prompts_are_answered_again_up_to_max_prompts(policy):
+    model, tokenizer = policy
+    config = replace(CONFIG, max_prompts=10)
+    report = evaluate_candidate(model, tokenizer, LengthReward(), PROMPTS[:2], candidate="cand",
+                                baseline=None, config=config)
+    assert (report["prompts"], report["answers"]) == (2, 10)
+    assert report["reward_model_win_rate"]["n"] == 10
