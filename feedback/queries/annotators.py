@@ -18,11 +18,13 @@ For every user with votes (ratings, decided comparisons, rewrites, flags):
 * **reward-model agreement**: the share of the user's picks and thumbs that the last
   trained reward model agrees with, stored by the trainer (`trainer.annotators`) in the
   `annotator_quality` table;
-* `random`: agreement (with the reward model, or with the consensus) that cannot be told
-  from chance while being clearly below the crowd's median agreement;
+* `random`: agreement with the reward model that cannot be told from chance while being
+  clearly below the crowd's median agreement (the reward model judges all of a user's
+  picks and thumbs; the few shared items of the consensus are too few to tell an honest
+  user with an odd taste from a coin, so they only lower the weight);
 * **weight**: what `trainer.data` multiplies each of the user's pairs and labels by —
   `CARELESS_WEIGHT` for any pattern; otherwise, for each agreement measured on
-  `MIN_VOTES` items or more, (a − ½)/(m − ½) clipped to [`CARELESS_WEIGHT`, 1], where a
+  `MIN_ITEMS` items or more, (a − ½)/(m − ½) clipped to [`CARELESS_WEIGHT`, 1], where a
   is the user's agreement shrunk towards the crowd median m by `PRIOR_ITEMS` pseudo-votes;
   the smaller of the two. An honest user as good as the median weighs 1; a user who
   agrees no better than chance (or worse: an adversary) weighs `CARELESS_WEIGHT`.
@@ -50,7 +52,8 @@ from feedback.models import (
     utcnow,
 )
 
-MIN_VOTES = 10  # votes of a kind before a pattern (or an agreement) is judged
+MIN_VOTES = 10  # votes of a kind before a pattern (or random clicking) is judged
+MIN_ITEMS = 5  # items an agreement needs before it moves a weight (shrunk: see PRIOR_ITEMS)
 PATTERN_SHARE = 0.9  # share of one answer that makes a pattern
 CROWD_SHARE = 0.8  # ...unless the other users vote that way this often too
 CARELESS_WEIGHT = 0.1
@@ -113,8 +116,7 @@ def annotator_quality(session: Session) -> QualityReport:
         rm_agreement, rm_items = rm.get(user_id, (None, 0))
         pattern = (_pick_pattern(choices[user_id])
                    or _thumb_pattern(ups[user_id], all_ups - ups[user_id]))
-        if pattern is None and (_random(rm_agreement, rm_items, rm_median)
-                                or _random(agreed, items, consensus_median)):
+        if pattern is None and _random(rm_agreement, rm_items, rm_median):
             pattern = "random"
         weight = CARELESS_WEIGHT if pattern else min(
             _factor(rm_agreement, rm_items, rm_median),
@@ -250,7 +252,7 @@ def _consensus(picks: list[_Pick], thumbs: list[_Thumb]) -> dict[int, tuple[floa
 
 
 def _crowd_median(measures: Iterable[tuple[float | None, int]]) -> float | None:
-    values = [a for a, n in measures if a is not None and n >= MIN_VOTES]
+    values = [a for a, n in measures if a is not None and n >= MIN_ITEMS]
     return statistics.median(values) if values else None
 
 
@@ -264,7 +266,7 @@ def _random(agreement: float | None, items: int, median: float | None) -> bool:
 
 
 def _factor(agreement: float | None, items: int, median: float | None) -> float:
-    if agreement is None or items < MIN_VOTES or median is None or median <= 0.55:
+    if agreement is None or items < MIN_ITEMS or median is None or median <= 0.55:
         return 1.0  # too little evidence, or a measure that tells nobody apart
     shrunk = (agreement * items + median * PRIOR_ITEMS) / (items + PRIOR_ITEMS)
     return min(1.0, max(CARELESS_WEIGHT, (shrunk - 0.5) / (median - 0.5)))

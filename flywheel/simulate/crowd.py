@@ -38,7 +38,7 @@ from flywheel.simulate.personas import Persona, assign_personas
 from flywheel.simulate.preferences import Preference, Score, load_preference
 
 DEFAULT_PREFERENCE = "flywheel.simulate.preferences:kindness"
-CALIBRATION_PROMPTS = 4
+CALIBRATION_PROMPTS = 8
 CALIBRATION_SEED = 20_240_601  # fixed, so calibration answers coincide across runs too
 CONNECTION_ERRORS = (OSError, httpx.HTTPError, websockets.WebSocketException)
 
