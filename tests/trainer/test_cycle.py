@@ -16,6 +16,7 @@ from feedback.importer import import_file
 from feedback.models import RunKind, RunStatus
 from feedback.queries import adapters as registry
 from feedback.queries import runs
+from feedback.queries.annotators import annotator_quality
 from feedback.queries.leases import acquire_lease
 from flywheel.adapter_store import AdapterStore
 from flywheel.settings import Settings
@@ -67,6 +68,10 @@ def test_a_cycle_registers_an_evaluated_candidate(loop):
     assert len(run.metrics["ppo"]["steps"]) == 1
     AdapterStore(settings.adapters_dir).verify(adapter.version)  # stored whole
     assert current_reward_model(reward_models_dir(settings.data_dir)) is not None
+    with session_scope(engine) as session:  # each voter measured against the reward model
+        quality = annotator_quality(session)
+    assert quality.reward_model == current_reward_model(reward_models_dir(settings.data_dir)).name
+    assert all(a.reward_model_agreement is not None for a in quality.annotators)
 
 
 def test_a_cycle_waits_for_enough_new_feedback(loop):
