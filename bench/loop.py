@@ -8,7 +8,7 @@ the cycle recipe in `CYCLE` (sized for two CPU cores). The crowd (`flywheel.simu
 chats and votes through the server's real websocket and REST API in rounds of about
 `--round-votes` votes; the scheduler starts a cycle once a round's votes are in, and the
 next round waits for that cycle to end, so each round's users meet the newest live adapter.
-It stops at `--votes` votes or `--minutes` minutes.
+It stops before a round would take it past `--votes` votes, or at `--minutes` minutes.
 
 Then every promoted adapter is judged side by side against the base model on `--judge`
 fresh prompts: both answer (sampled as the server samples, temperature 0.7) and the
@@ -53,8 +53,8 @@ KL_CAP = 8.0
 CYCLE = {
     "min_pairs": 20, "prompt_limit": 64,
     "reward": {"max_length": 64, "batch_size": 16, "epochs": 1},
-    "ppo": {"steps": 20, "batch_size": 32, "minibatch_size": 16, "ppo_epochs": 2,
-            "learning_rate": 2e-3, "max_new_tokens": 24, "beta": 0.05, "kl_cap": KL_CAP},
+    "ppo": {"steps": 40, "batch_size": 32, "minibatch_size": 16, "ppo_epochs": 2,
+            "learning_rate": 1.5e-3, "max_new_tokens": 24, "beta": 0.05, "kl_cap": KL_CAP},
     "eval": {"max_prompts": 32, "max_new_tokens": 24},
 }
 
@@ -84,9 +84,9 @@ def main() -> None:
         started, votes, cycles, crowd = time.monotonic(), 0, [], []
         deadline = started + args.minutes * 60
         round_no = 0
-        while votes < args.votes and time.monotonic() < deadline:
-            users = 15
-            turns = max(1, math.ceil(min(args.round_votes, args.votes - votes) / users))
+        users = 15  # a round: 15 users, each `turns` turns; about one vote a turn
+        turns = max(1, math.ceil(args.round_votes / users))
+        while votes + args.round_votes <= args.votes and time.monotonic() < deadline:
             report = run_crowd(url, users=users, turns=turns, preference=args.preference,
                                seed=args.seed * 1000 + round_no, careless=args.careless,
                                adversarial=args.adversarial, side_by_side=0.5,
