@@ -48,13 +48,17 @@ from flywheel.simulate import run_crowd
 from flywheel.simulate.preferences import load_preference
 
 # The cycle's recipe for the demo model on two cores: the demo's chats are ~30 tokens, its
-# answers ~16; PPO takes large, few steps; the KL cap is what the gate checks too.
-KL_CAP = 8.0
+# answers ~16; PPO takes large, few steps. KL_CAP is the promotion gate's (the default
+# FLYWHEEL_AUTO_PROMOTE_MAX_KL): a candidate further from the base, measured as users are
+# served (temperature 0.7), is not promoted. PPO's own hard stop, on one rollout's KL at
+# temperature 1, is looser: a warm-started adapter's single-batch estimate swings by
+# several nats, and a stop at the very first step would leave the cycle nothing to learn.
+KL_CAP = 5.0
 CYCLE = {
     "min_pairs": 20, "prompt_limit": 64,
     "reward": {"max_length": 64, "batch_size": 16, "epochs": 1},
     "ppo": {"steps": 40, "batch_size": 32, "minibatch_size": 16, "ppo_epochs": 2,
-            "learning_rate": 1.5e-3, "max_new_tokens": 24, "beta": 0.05, "kl_cap": KL_CAP},
+            "learning_rate": 1.5e-3, "max_new_tokens": 24, "beta": 0.05, "kl_cap": 15.0},
     "eval": {"max_prompts": 32, "max_new_tokens": 24},
 }
 
