@@ -23,6 +23,8 @@ from feedback.queries import users
 from flywheel.api_keys import hash_api_key, new_api_key
 from flywheel.model_loading import LoadedModel, load_model
 from flywheel.settings import Settings
+from server.app import create_app
+from tests.conftest import PG_SERVER
 
 SECRET = "test-secret-key"
 
@@ -85,6 +87,17 @@ def fresh_pg_database(admin: Engine, server_url: str) -> Iterator[str]:
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def app_on_database(request, demo: LoadedModel, data_dir: Path, **overrides: Any) -> Iterator:
+    """The app on the database a module fixture parametrised with ["sqlite",
+    "postgresql"] names in `request.param` (a fresh PostgreSQL database, dropped after)."""
+    if request.param == "sqlite":
+        yield create_app(make_settings(data_dir / "sqlite", **overrides), model=demo)
+        return
+    with fresh_pg_database(request.getfixturevalue("pg_server"), PG_SERVER) as url:
+        yield create_app(make_settings(data_dir / "pg", db=url, **overrides), model=demo)
 
 
 def add_user(db, *, role: str = "user", handle: str | None = None) -> tuple[int, str]:

@@ -9,15 +9,12 @@ import pytest
 from fastapi import FastAPI
 
 from feedback.queries import conversations, users, votes
-from server.app import create_app
-from tests.conftest import PG_SERVER
 from tests.server.support import (
     add_user,
+    app_on_database,
     assert_error,
     bearer,
     db_session,
-    fresh_pg_database,
-    make_settings,
 )
 
 T0 = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
@@ -27,11 +24,8 @@ HOSTILE = 'Tell me <script>alert("x")</script> <img src=x onerror="alert(1)">'
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def app(request, demo, data_dir) -> Iterator[FastAPI]:
     """The app on each database (overrides the module-wide one of conftest)."""
-    if request.param == "sqlite":
-        yield create_app(make_settings(data_dir / "sqlite"), model=demo)
-        return
-    with fresh_pg_database(request.getfixturevalue("pg_server"), PG_SERVER) as url:
-        yield create_app(make_settings(data_dir / "pg", db=url), model=demo)
+    with app_on_database(request, demo, data_dir) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

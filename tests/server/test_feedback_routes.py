@@ -8,15 +8,12 @@ from fastapi import FastAPI
 from sqlmodel import select
 
 from feedback.models import Comparison, Flag, Message, Rating, Rewrite
-from server.app import create_app
-from tests.conftest import PG_SERVER
 from tests.server.support import (
     add_user,
+    app_on_database,
     assert_error,
     bearer,
     db_session,
-    fresh_pg_database,
-    make_settings,
     ws_turn,
 )
 
@@ -24,11 +21,8 @@ from tests.server.support import (
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def app(request, demo, data_dir) -> Iterator[FastAPI]:
     """The app on each database (overrides the module-wide one of conftest)."""
-    if request.param == "sqlite":
-        yield create_app(make_settings(data_dir / "sqlite"), model=demo)
-        return
-    with fresh_pg_database(request.getfixturevalue("pg_server"), PG_SERVER) as url:
-        yield create_app(make_settings(data_dir / "pg", db=url), model=demo)
+    with app_on_database(request, demo, data_dir) as app:
+        yield app
 
 
 def _answers(client, n: int = 1, headers: dict | None = None) -> tuple[int, list[int]]:

@@ -10,8 +10,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from server.app import create_app
-from tests.conftest import PG_SERVER
-from tests.server.support import add_user, bearer, fresh_pg_database, make_settings
+from tests.server.support import add_user, app_on_database, bearer, make_settings
 
 # Long answers are valid requests, but they would only make the run slow.
 SETTINGS = {"max_new_tokens": 4}
@@ -26,11 +25,8 @@ schema = schemathesis.openapi.from_dict(create_app(make_settings(Path("unused"))
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def app(request, demo, data_dir):
     """The app on each database (PostgreSQL refuses some text SQLite takes)."""
-    if request.param == "sqlite":
-        yield create_app(make_settings(data_dir / "sqlite", **SETTINGS), model=demo)
-        return
-    with fresh_pg_database(request.getfixturevalue("pg_server"), PG_SERVER) as url:
-        yield create_app(make_settings(data_dir / "pg", db=url, **SETTINGS), model=demo)
+    with app_on_database(request, demo, data_dir, **SETTINGS) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

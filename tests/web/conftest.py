@@ -11,7 +11,7 @@ import pytest
 from feedback.db import session_scope
 from flywheel.model_loading import LoadedModel
 from server.app import create_app
-from tests.server.support import LiveServer, load_demo, make_settings
+from tests.server.support import LiveServer, add_user, load_demo, make_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -32,6 +32,12 @@ def live(request: pytest.FixtureRequest, demo: LoadedModel,
                      model=demo)
     with LiveServer(app) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def operator_key(live: LiveServer) -> str:
+    """An operator's API key on this module's server."""
+    return add_user(live.app.state.db, role="operator", handle="operator-web")[1]
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,7 @@ from sqlmodel import select
 from feedback.db import session_scope
 from feedback.models import Message
 from feedback.queries import adapters as registry
-from feedback.queries import users
 from flywheel.adapter_store import AdapterStore
-from flywheel.api_keys import hash_api_key, new_api_key
 from tests.server.hotswap_fixtures import AdapterMaker, register
 from tests.server.support import wait_until
 from trainer.evaluate import render_markdown
@@ -34,15 +32,6 @@ def report(version: str) -> dict:
            "kl_to_base": 0.84, "length": {"candidate": 21.5, "baseline": 24.0, "drift": -0.1},
            "empty_rate": 0.0, "degenerate_rate": 0.03, "samples": [sample]}
     return {**out, "markdown": render_markdown(out)}
-
-
-@pytest.fixture(scope="module")
-def operator_key(live) -> str:
-    key = new_api_key()
-    with session_scope(live.app.state.db) as session:
-        users.create_user(session, handle="ops-web", role="operator",
-                          api_key_hash=hash_api_key(key))
-    return key
 
 
 @pytest.fixture(scope="module")

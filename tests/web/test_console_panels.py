@@ -16,7 +16,6 @@ from feedback.queries import adapters as registry
 from feedback.queries import conversations, runs, users, votes
 from feedback.queries.activity import feedback_counts
 from flywheel.adapter_store import AdapterStore
-from flywheel.api_keys import hash_api_key, new_api_key
 from tests.server.hotswap_fixtures import AdapterMaker, register
 from tests.web.conftest import screenshot
 from tests.web.test_console import report
@@ -35,15 +34,6 @@ ANNOTATORS = {"reward_model": "rm-0003", "annotators": [
      "weight": 0.2},
     {"user_id": 3, "handle": "theo", "votes": 9, "consensus_agreement": None,
      "consensus_items": 0, "reward_model_agreement": None, "pattern": None, "weight": 1.0}]}
-
-
-@pytest.fixture(scope="module")
-def operator_key(live) -> str:
-    key = new_api_key()
-    with session_scope(live.app.state.db) as session:
-        users.create_user(session, handle="ops-panels", role="operator",
-                          api_key_hash=hash_api_key(key))
-    return key
 
 
 @pytest.fixture(scope="module")
