@@ -5,6 +5,7 @@
 """
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -232,6 +233,24 @@ def lora_config(
         bias="none",
         task_type=task_type,
     )
+
+
+def init_lora_weights(model: nn.Module, *, seed: int) -> None:
+    """Draw every LoRA A matrix anew as peft does (Kaiming-uniform; B stays zero, so a fresh
+    adapter changes nothing yet), from a generator of its own: the same seed gives the same
+    adapter, and the process-wide RNG, which a server in the same process samples from, is
+    never reseeded."""
+    from peft.tuners.lora import LoraLayer
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, module in sorted(model.named_modules(), key=lambda item: item[0]):
+            if isinstance(module, LoraLayer):
+                for name in sorted(module.lora_A):
+                    weight = module.lora_A[name].weight
+                    fresh = torch.empty(weight.shape, dtype=torch.float32)
+                    nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
+                    weight.copy_(fresh)
 
 
 def _adaptable_layers(model: nn.Module) -> dict[str, bool]:

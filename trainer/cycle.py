@@ -3,9 +3,15 @@ a candidate adapter for an operator to judge.
 
 Only one cycle runs at a time across every process and machine: the cycle holds the
 "cycle" lease in the database and renews it while it works. A worker that dies mid-cycle
-stops renewing; the next cycle takes the lease over, marks the dead run failed, and starts
-clean. Nothing half-made becomes visible: the reward model and the adapter are written
+stops renewing; the next cycle takes the lease over and resumes the dead run from its last
+PPO checkpoint (the same data, reward model and draws: it ends with the adapter the run
+would have made), or marks it failed when it died before its first checkpoint. Nothing
+half-made becomes visible: the reward model, checkpoints and the adapter are written
 atomically, and the adapter is registered only once it is stored and evaluated.
+
+Cycles build on each other: the reward model starts from the current one and sees all
+feedback to date, and PPO starts from the live adapter with the critic, optimizer moments
+and KL controller its training ended with.
 """
 
 import json
@@ -16,8 +22,10 @@ import threading
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from sqlalchemy import Engine
 
 from feedback.db import session_scope
@@ -31,9 +39,10 @@ from flywheel.errors import FlywheelError
 from flywheel.model_loading import load_model
 from flywheel.settings import Settings
 from trainer.annotators import record_annotator_quality
+from trainer.checkpoints import checkpoint_path, load_state, save_state, training_state_path
 from trainer.data import preference_pairs, user_prompts
 from trainer.evaluate import EvalConfig, evaluate_candidate, render_markdown
-from trainer.ppo import PPOConfig, prepare_policy, train_ppo
+from trainer.ppo import PPOConfig, PPOState, prepare_policy, train_ppo
 from trainer.reward import (
     RewardConfig,
     RewardModel,
@@ -109,7 +118,11 @@ def run_cycle(settings: Settings, engine: Engine, config: CycleConfig | None = N
     heartbeat = _Heartbeat(engine, holder, config.lease_ttl_s)
     try:
         with session_scope(engine) as session:
-            _fail_abandoned_runs(session)
+            resumable = _take_over_abandoned_runs(session, settings)
+        if resumable is not None:
+            log.info("resuming cycle %d from its checkpoint", resumable)
+            return _run(settings, engine, config, resumable)
+        with session_scope(engine) as session:
             since = _last_cycle_end(session)
             counts = feedback_counts(session, since=since)
             new = sum(counts.values())
@@ -120,17 +133,25 @@ def run_cycle(settings: Settings, engine: Engine, config: CycleConfig | None = N
                 session, kind=RunKind.cycle, config=_jsonable(asdict(config)),
                 data_window={"since": since.isoformat() if since else None,
                              "until": utcnow().isoformat(), "new_feedback": counts}).id
-        try:
-            return _train(settings, engine, config, run_id)
-        except Exception as e:
-            log.exception("cycle %d failed", run_id)
-            with session_scope(engine) as session:
-                runs.fail_run(session, run_id=run_id, error=f"{type(e).__name__}: {e}")
-            return CycleResult("failed", str(e), run_id)
+        return _run(settings, engine, config, run_id)
     finally:
         heartbeat.stop()
         with session_scope(engine) as session:
             release_lease(session, name=LEASE, holder=holder)
+
+
+def _run(settings: Settings, engine: Engine, config: CycleConfig, run_id: int) -> CycleResult:
+    """Train run `run_id` (from its checkpoint, if it has one); a failure is recorded. Its
+    checkpoint goes once the run has ended either way; a killed process leaves it behind."""
+    try:
+        return _train(settings, engine, config, run_id)
+    except Exception as e:
+        log.exception("cycle %d failed", run_id)
+        with session_scope(engine) as session:
+            runs.fail_run(session, run_id=run_id, error=f"{type(e).__name__}: {e}")
+        return CycleResult("failed", str(e), run_id)
+    finally:
+        checkpoint_path(settings.data_dir, run_id).unlink(missing_ok=True)
 
 
 def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int) -> CycleResult:
@@ -141,50 +162,47 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
         with session_scope(engine) as session:
             runs.record_progress(session, run_id=run_id, metrics=metrics)
 
-    # All the data is read at once, at the start of the run's window: what arrives while
-    # the cycle trains waits for the next one (and a replay of the log up to the window's
-    # end sees what the cycle saw).
-    split = preference_pairs(engine, seed=config.seed)
-    prompts = user_prompts(engine, limit=config.prompt_limit, seed=config.seed)
+    # 1. The data and the reward model, or, for a resumed run, what it had when it was killed.
+    checkpoint = checkpoint_path(settings.data_dir, run_id)
+    resumed = load_state(checkpoint)
+    if resumed is None:
+        reward_model, rm_dir, train_prompts, eval_prompts = _reward_stage(
+            settings, engine, config, progress)
+        with session_scope(engine) as session:
+            live = registry.live_adapter(session)
+            live_version = live.version if live else None
+        warm = (load_state(training_state_path(settings.data_dir, live_version))
+                if live_version else None)
+        ppo_state, adapter_weights = (warm[0] if warm else None), None
+    else:
+        ppo_state, saved = resumed
+        metrics.update(saved["metrics"])
+        rm_dir, live_version = Path(saved["reward_model"]), saved["parent"]
+        train_prompts, eval_prompts = saved["train_prompts"], saved["eval_prompts"]
+        adapter_weights = saved["adapter"]
+        reward_model = RewardModel.load(rm_dir, models_dir=settings.models_dir)
 
-    # 1. Reward model, from every kind of vote. It replaces the current one only if it is
-    #    not worse on the held-out conversations.
-    if len(split.train) < config.min_pairs:
-        raise ValueError(f"{len(split.train)} preference pairs; the reward model needs "
-                         f"{config.min_pairs}")
-    reward_model, rm_metrics = train_reward_model(split.train, split.heldout, config.reward,
-                                                  train_labels=split.train_labels)
-    rm_root = reward_models_dir(settings.data_dir)
-    previous = current_reward_model(rm_root)
-    rm_dir = reward_model.save(new_version_dir(rm_root))
-    kept = promote_if_not_worse(rm_dir, previous, split.heldout)
-    reward_model = reward_model if kept else RewardModel.load(previous)
-    progress("reward", {**rm_metrics, "version": rm_dir.name, "replaced_current": kept,
-                        "previous_version": previous.name if previous else None,
-                        "pairs": len(split.train), "heldout_pairs": len(split.heldout)})
-    try:  # each user's agreement with it: the weights of their votes from now on
-        record_annotator_quality(engine, reward_model, version=current_reward_model(rm_root).name)
-    except Exception:  # worth a warning, not the cycle
-        log.warning("could not measure annotator quality", exc_info=True)
-
-    # 2. PPO on LoRA, warm-started from the live adapter; the base model (adapter off) is
-    #    the KL reference. Some real user prompts are kept back for the evaluation.
-    cut = max(1, int(len(prompts) * config.eval_share))
-    eval_prompts, train_prompts = prompts[:cut], prompts[cut:] or prompts
-    with session_scope(engine) as session:
-        live = registry.live_adapter(session)
-        live_version = live.version if live else None
+    # 2. PPO on LoRA, warm-started from the live adapter and the training state it ended
+    #    with; the base model (adapter off) is the KL reference. Checkpoints on the way.
     loaded = load_model(settings.model, models_dir=settings.models_dir)
     store = AdapterStore(settings.adapters_dir)
     policy = prepare_policy(loaded.model, config.ppo, store=store, warm_start=live_version)
-    steps: list[dict] = []
+    if adapter_weights is not None:
+        set_peft_model_state_dict(policy, adapter_weights)
+    steps: list[dict] = list(ppo_state.metrics) if ppo_state else []
 
     def on_step(step: dict) -> None:
         steps.append(step)
         progress("ppo", {"steps": steps})
 
+    def keep(state: PPOState) -> None:  # all that a resume needs, in one atomic file
+        save_state(checkpoint, state, adapter=get_peft_model_state_dict(policy),
+                   metrics=metrics, reward_model=str(rm_dir), parent=live_version,
+                   train_prompts=train_prompts, eval_prompts=eval_prompts)
+
     result = train_ppo(policy, loaded.tokenizer, train_prompts,
-                       lambda p, c: reward_model.score(p, c), config.ppo, on_step=on_step)
+                       lambda p, c: reward_model.score(p, c), config.ppo, on_step=on_step,
+                       state=ppo_state, checkpoint=keep)
     progress("ppo", {"steps": steps, "stop_reason": result.stop_reason,
                      "timings": result.timings})
 
@@ -196,9 +214,12 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
     report = evaluate_candidate(result.model, loaded.tokenizer, reward_model, eval_prompts,
                                 candidate="default", baseline=baseline, config=config.eval)
     version = store.next_version()  # ours alone: we hold the cycle lease
-    report.update(candidate=version, baseline=live_version or "base")
+    report.update(candidate=version, baseline=live_version or "base", method="ppo",
+                  reward_model=rm_dir.name, parent=live_version)
 
-    # 4. Store the adapter (atomically), then register it as a candidate with its report.
+    # 4. Store the adapter (atomically) and the state its training ended with (the next
+    #    cycle's warm start), then register it as a candidate with its report.
+    save_state(training_state_path(settings.data_dir, version), result.state)
     with session_scope(engine) as session:
         stored = store.save(result.model, version, adapter_name="default",
                             parent=live_version, base_model=settings.model)
@@ -213,6 +234,48 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
     if settings.auto_promote:
         _auto_promote(settings, engine, version, report)
     return CycleResult("succeeded", run_id=run_id, adapter_version=version, metrics=summary)
+
+
+def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progress
+                  ) -> tuple[RewardModel, Path, list, list]:
+    """Read the data and train the reward model: (the reward model PPO will use, its
+    directory, the training prompts, the held-out evaluation prompts).
+
+    All the data is read at once, at the start of the run's window: what arrives while the
+    cycle trains waits for the next one (and a replay of the log up to the window's end
+    sees what the cycle saw)."""
+    split = preference_pairs(engine, seed=config.seed)
+    prompts = user_prompts(engine, limit=config.prompt_limit, seed=config.seed)
+
+    # Every kind of vote to date, starting from the current reward model. The new one
+    # replaces it only if it is not worse on the held-out conversations (a split by
+    # conversation that stays the same from version to version).
+    if len(split.train) < config.min_pairs:
+        raise ValueError(f"{len(split.train)} preference pairs; the reward model needs "
+                         f"{config.min_pairs}")
+    rm_root = reward_models_dir(settings.data_dir)
+    previous = current_reward_model(rm_root)
+    recipe = replace(config.reward, models_dir=config.reward.models_dir or settings.models_dir,
+                     base_model=config.reward.base_model or settings.model)
+    reward_model, rm_metrics = train_reward_model(split.train, split.heldout, recipe,
+                                                  train_labels=split.train_labels,
+                                                  warm_start=previous)
+    rm_dir = reward_model.save(new_version_dir(rm_root))
+    kept = promote_if_not_worse(rm_dir, previous, split.heldout)
+    progress("reward", {**rm_metrics, "version": rm_dir.name, "replaced_current": kept,
+                        "previous_version": previous.name if previous else None,
+                        "pairs": len(split.train), "heldout_pairs": len(split.heldout)})
+    if not kept:
+        reward_model = RewardModel.load(previous, models_dir=settings.models_dir)
+        rm_dir = previous
+    try:  # each user's agreement with it: the weights of their votes from now on
+        record_annotator_quality(engine, reward_model, version=rm_dir.name)
+    except Exception:  # worth a warning, not the cycle
+        log.warning("could not measure annotator quality", exc_info=True)
+
+    # Some real user prompts are kept back for the evaluation.
+    cut = max(1, int(len(prompts) * config.eval_share))
+    return reward_model, rm_dir, prompts[cut:] or prompts, prompts[:cut]
 
 
 def _auto_promote(settings: Settings, engine: Engine, version: str, report: dict) -> None:
@@ -235,11 +298,18 @@ def _auto_promote(settings: Settings, engine: Engine, version: str, report: dict
              extra=gate)
 
 
-def _fail_abandoned_runs(session) -> None:
-    """We hold the lease, so a cycle still marked running has lost its worker."""
+def _take_over_abandoned_runs(session, settings: Settings) -> int | None:
+    """We hold the lease, so a cycle still marked running has lost its worker: the newest
+    one with a checkpoint is to be resumed (its id is returned); the others are failed."""
+    resumable = None
     for run in runs.list_runs(session, kind=RunKind.cycle, status=RunStatus.running):
+        if resumable is None and checkpoint_path(settings.data_dir, run.id).exists():
+            resumable = run.id
+            continue
         runs.fail_run(session, run_id=run.id, error="the worker stopped mid-cycle")
+        checkpoint_path(settings.data_dir, run.id).unlink(missing_ok=True)
         log.warning("cycle %d was abandoned by its worker; marked failed", run.id)
+    return resumable
 
 
 def _last_cycle_end(session) -> datetime | None:

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from feedback.stats import paired_mean_ci, win_rate
 from trainer.rlhf.ppo_math import logprobs_from_logits
+from trainer.sampling import sampling_kwargs
 
 Messages = list[dict[str, str]]
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -47,10 +48,11 @@ def evaluate_candidate(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, re
         raise ValueError("evaluation needs held-out prompts")
     distinct = min(len(prompts), config.max_prompts)
     prompts = list(islice(cycle(prompts), config.max_prompts))
-    torch.manual_seed(config.seed)
     policy.eval()  # peft refuses mixed-adapter batches in training mode
-    cand = _answers(policy, tokenizer, prompts, candidate, config)
-    base = _answers(policy, tokenizer, prompts, baseline or BASE, config)
+    # The same draws for both sides (common random numbers: a paired comparison's noise
+    # shrinks), from a generator of the evaluation's own.
+    cand = _answers(policy, tokenizer, prompts, candidate, config, seed=config.seed)
+    base = _answers(policy, tokenizer, prompts, baseline or BASE, config, seed=config.seed)
     cand_text = [a["text"] for a in cand]
     base_text = [a["text"] for a in base]
     cand_reward = reward_model.score(prompts, cand_text).tolist()
@@ -109,10 +111,13 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _answers(policy, tokenizer, prompts, adapter: str, config: EvalConfig) -> list[dict]:
+def _answers(policy, tokenizer, prompts, adapter: str, config: EvalConfig, *,
+             seed: int) -> list[dict]:
     """Sampled answers from one adapter: [{"ids": prompt+answer ids, "prompt_len", "text"}]."""
     out = []
     eos = tokenizer.eos_token_id
+    sampling = sampling_kwargs(config.temperature, seed=seed,
+                               device=next(policy.parameters()).device)
     for start in range(0, len(prompts), config.batch_size):
         chunk = prompts[start:start + config.batch_size]
         texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
@@ -120,9 +125,8 @@ def _answers(policy, tokenizer, prompts, adapter: str, config: EvalConfig) -> li
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(next(policy.parameters()).device)
         generated = policy.generate(
-            **batch, adapter_names=[adapter] * len(chunk), do_sample=config.temperature > 0,
-            temperature=config.temperature or None, max_new_tokens=config.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id)
+            **batch, adapter_names=[adapter] * len(chunk), **sampling,
+            max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
         width = batch["input_ids"].shape[1]
         for row, mask in zip(generated, batch["attention_mask"], strict=True):
             answer = row[width:].tolist()

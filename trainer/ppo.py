@@ -4,17 +4,24 @@ Each step samples answers to a batch of prompts with the policy (the adapter on)
 with the reward function, and takes the KL reference from the same model with the adapter off
 (no second copy). The value head is one linear layer on the policy's last hidden state: it
 shares the backbone and its LoRA, so one forward pass gives log-probs and values; its gradient
-reaches the LoRA weights scaled by `vf_coef`. It is zero-initialised and not saved: each cycle
-starts a fresh one. Answers are sampled with a KV cache that also yields each token's log-prob
-and value, so the rollout needs no second forward pass. Dropout stays off (the model stays in
-eval mode) so that the update sees the policy that sampled. The math lives in
-`trainer.rlhf.ppo_math`.
+reaches the LoRA weights scaled by `vf_coef`. Answers are sampled with a KV cache that also
+yields each token's log-prob and value, so the rollout needs no second forward pass. Dropout
+stays off (the model stays in eval mode) so that the update sees the policy that sampled.
+
+The value head, the optimizer's moments and the KL controller make up a `PPOState`: the cycle
+stores the final one beside the adapter and hands it to the next cycle's PPO (a warm start
+no longer restarts its critic from zero), and checkpoints hold it with the step and the
+generators' states, so a killed run resumes exactly where it stopped. Every random draw
+comes from generators the run owns, never from the process-wide RNG that a server in the
+same process samples from. The math lives in `trainer.rlhf.ppo_math`.
 """
 
+import copy
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model
@@ -22,7 +29,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from flywheel.adapter_store import AdapterStore
-from flywheel.model_loading import lora_config
+from flywheel.model_loading import init_lora_weights, lora_config
 from trainer.rlhf.ppo_math import (
     KLController,
     clipped_policy_loss,
@@ -71,6 +78,7 @@ class PPOConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # ignored while training: dropout is off throughout
     seed: int = 0  # seeds sampling, prompt order and initialisation: same seed, same run
+    checkpoint_every: int = 10  # steps between checkpoints (when the caller keeps them)
 
 
 class ValueHead(nn.Module):
@@ -87,12 +95,28 @@ class ValueHead(nn.Module):
 
 
 @dataclass
+class PPOState:
+    """All of a PPO run but the adapter's weights. Handed to the next cycle (a warm start:
+    the critic, the optimizer's moments and an adaptive β go on; steps and draws start
+    anew) or kept in a checkpoint (a resume: `step`, `generators` and `metrics` too, so
+    the run goes on exactly where it stopped)."""
+
+    value_head: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    beta: float
+    step: int = 0  # steps done
+    generators: dict[str, Tensor] = field(default_factory=dict)  # name -> state; resume only
+    metrics: list[dict[str, float]] = field(default_factory=list)  # resume only
+
+
+@dataclass
 class PPOResult:
     model: PeftModel  # the policy, adapter "default" trained
     value_head: ValueHead
     metrics: list[dict[str, float]]  # one log per step (see `train_ppo`)
     stop_reason: str  # "steps" or "kl_cap"
     timings: dict[str, float] = field(default_factory=dict)  # seconds: generation, scoring, update
+    state: PPOState | None = None  # for the next cycle's warm start
 
 
 def prepare_policy(
@@ -109,10 +133,11 @@ def prepare_policy(
             raise ValueError("warm_start needs an adapter store")
         logger.info("warm start from adapter %s", warm_start)
         return store.load(model, warm_start, adapter_name="default", is_trainable=True)
-    torch.manual_seed(config.seed)  # LoRA's A matrices are random
     lora = lora_config(model, r=config.lora_r, alpha=config.lora_alpha,
                        dropout=config.lora_dropout)
-    return get_peft_model(model, lora)
+    policy = get_peft_model(model, lora)
+    init_lora_weights(policy, seed=config.seed)  # LoRA's A matrices are random
+    return policy
 
 
 def train_ppo(
@@ -123,8 +148,13 @@ def train_ppo(
     config: PPOConfig,
     *,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    state: PPOState | None = None,
+    checkpoint: Callable[[PPOState], None] | None = None,
 ) -> PPOResult:
-    """Run PPO; returns the trained policy and one log per step.
+    """Run PPO; returns the trained policy and one log per step. `state` warm-starts the
+    critic, optimizer and β from an earlier run, or resumes one (a checkpoint's state);
+    `checkpoint` is handed the state every `config.checkpoint_every` steps, after the
+    update (the policy's weights are then the adapter's to save with it).
 
     Each log holds: step, score (reward model, mean), reward (score − penalty − β·KL, per
     answer), kl and kl_k3 (per answer, nats, policy vs reference), beta, entropy (per token),
@@ -134,29 +164,52 @@ def train_ppo(
     """
     if not prompts:
         raise ValueError("PPO needs at least one prompt")
-    torch.manual_seed(config.seed)
     device = next(policy.parameters()).device
     policy.eval()
     value_head = ValueHead(policy.config.hidden_size).to(device)
     trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     controller = KLController(config.beta, target=config.kl_target, horizon=config.kl_horizon)
+    generators = {"sampling": torch.Generator(device).manual_seed(config.seed),
+                  "minibatches": torch.Generator().manual_seed(config.seed + 1)}
+    metrics: list[dict[str, float]] = []
+    if state is not None:
+        value_head.load_state_dict(state.value_head)
+        optimizer.load_state_dict(state.optimizer)
+        for group in optimizer.param_groups:  # the recipe's rate, not the saved one
+            group["lr"] = config.learning_rate
+        if config.kl_target is not None:  # an adaptive β goes on; a fixed one is the recipe's
+            controller.beta = state.beta
+        for name, saved in state.generators.items():  # a resume: the same draws
+            generators[name].set_state(saved)
+        metrics = list(state.metrics)
+    first_step = len(metrics) if state is not None and state.generators else 0
     prompt_ids = [encode_prompt(tokenizer, p, config.max_prompt_tokens) for p in prompts]
     order = _prompt_order(len(prompts), config.batch_size, config.seed)
+    for _ in range(first_step):  # the batches the resumed run already trained on
+        next(order)
     eos_ids = _eos_ids(policy, tokenizer)
     timings = {"generation": 0.0, "scoring": 0.0, "update": 0.0}
-    metrics: list[dict[str, float]] = []
     stop_reason = "steps"
     snapshot = [p.detach().clone() for p in trainable]
 
-    for step in range(config.steps):
+    def current_state(*, resumable: bool) -> PPOState:
+        return PPOState(
+            value_head={k: v.detach().clone() for k, v in value_head.state_dict().items()},
+            optimizer=copy.deepcopy(optimizer.state_dict()), beta=controller.beta,
+            step=len(metrics),
+            generators={k: g.get_state() for k, g in generators.items()} if resumable else {},
+            metrics=list(metrics) if resumable else [])
+
+    for step in range(first_step, config.steps):
         batch = next(order)
         # 1. Rollout: sample answers with the policy (adapter on), keeping each token's
         #    log-prob, entropy and value as it is sampled.
         started = time.perf_counter()
         with torch.no_grad():
             sequences, attention, prompt_len, logprobs, values, entropy = _sample(
-                policy, value_head, tokenizer, [prompt_ids[i] for i in batch], eos_ids, config)
+                policy, value_head, tokenizer, [prompt_ids[i] for i in batch], eos_ids, config,
+                generators["sampling"])
         mask = _response_mask(sequences[:, prompt_len:], eos_ids)
         scoring_started = time.perf_counter()
         timings["generation"] += scoring_started - started
@@ -202,7 +255,8 @@ def train_ppo(
         stats: dict[str, list[float]] = {k: [] for k in (
             "policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl")}
         for _ in range(config.ppo_epochs):
-            for mb in torch.randperm(len(batch)).split(config.minibatch_size):
+            for mb in torch.randperm(len(batch), generator=generators["minibatches"]
+                                     ).split(config.minibatch_size):
                 new_logprobs, new_values = _forward(policy, value_head, sequences[mb],
                                                     attention[mb], prompt_len, config)
                 m = mask[mb]
@@ -223,7 +277,10 @@ def train_ppo(
         metrics.append({**log, **{k: sum(v) / len(v) for k, v in stats.items()}})
         if on_step:
             on_step(metrics[-1])
-    return PPOResult(policy, value_head, metrics, stop_reason, timings)
+        if checkpoint and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            checkpoint(current_state(resumable=True))
+    return PPOResult(policy, value_head, metrics, stop_reason, timings,
+                     current_state(resumable=False))
 
 
 # -- the pieces -----------------------------------------------------------------------------
@@ -255,7 +312,7 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Tens
     return torch.tensor(sorted(i for i in ids if i is not None), device=model.device)
 
 
-def _sample(policy, value_head, tokenizer, rows, eos_ids, config):
+def _sample(policy, value_head, tokenizer, rows, eos_ids, config, generator):
     """Sample answers to the left-padded prompts `rows` with a KV cache, by inverse CDF (one
     random number per answer and token: on CPU far cheaper than `torch.multinomial` over a
     large vocabulary). -> sequences [B, P + T], attention [B, P + T], P, and the answer
@@ -274,7 +331,8 @@ def _sample(policy, value_head, tokenizer, rows, eos_ids, config):
                      past_key_values=past, use_cache=True, output_hidden_states=True,
                      logits_to_keep=1)
         past = out.past_key_values
-        token, logprob, entropy = _draw(out.logits[:, -1].float(), config.temperature)
+        token, logprob, entropy = _draw(out.logits[:, -1].float(), config.temperature,
+                                        generator)
         token = torch.where(done, pad, token)
         tokens.append(token)
         logprobs.append(logprob)
@@ -292,7 +350,8 @@ def _sample(policy, value_head, tokenizer, rows, eos_ids, config):
             torch.stack(values, 1), torch.stack(entropies, 1))
 
 
-def _draw(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+def _draw(logits: Tensor, temperature: float, generator: torch.Generator | None = None
+          ) -> tuple[Tensor, Tensor, Tensor]:
     """One token per row from softmax(logits / temperature) by inverse CDF, with its log-prob
     and the row's entropy: [B, V] -> three [B], in as few passes over V as it takes."""
     if temperature != 1.0:
@@ -301,7 +360,7 @@ def _draw(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
     weights = shifted.exp()
     total = weights.sum(-1)
     cdf = weights.cumsum(-1)
-    u = torch.rand(len(logits), 1, device=logits.device) * cdf[:, -1:]
+    u = torch.rand(len(logits), 1, device=logits.device, generator=generator) * cdf[:, -1:]
     token = torch.searchsorted(cdf, u, side="right").squeeze(1).clamp(max=logits.shape[1] - 1)
     log_total = total.log()
     logprob = shifted.gather(1, token[:, None]).squeeze(1) - log_total

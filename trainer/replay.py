@@ -32,6 +32,7 @@ from flywheel.model_loading import load_model
 from flywheel.settings import Settings
 from trainer.ppo import encode_prompt
 from trainer.reward import RewardModel, current_reward_model, reward_models_dir
+from trainer.sampling import sampling_kwargs
 
 Messages = list[dict[str, str]]
 
@@ -117,9 +118,9 @@ def logged_answers(log_path: str | Path, *, limit: int | None = None) -> list[Lo
 @torch.no_grad()
 def _generate(policy, tokenizer, prompts: list[Messages], config: ReplayConfig,
               on_progress: Progress | None) -> list[str]:
-    torch.manual_seed(config.seed)
     policy.eval()
     device, pad = next(policy.parameters()).device, tokenizer.pad_token_id
+    sampling = sampling_kwargs(config.temperature, seed=config.seed, device=device)
     eos = policy.generation_config.eos_token_id
     stops = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
     texts = []
@@ -131,8 +132,8 @@ def _generate(policy, tokenizer, prompts: list[Messages], config: ReplayConfig,
         attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows],
                                  device=device)
         generated = policy.generate(
-            input_ids=inputs, attention_mask=attention, do_sample=config.temperature > 0,
-            temperature=config.temperature or None, max_new_tokens=config.max_new_tokens,
+            input_ids=inputs, attention_mask=attention, **sampling,
+            max_new_tokens=config.max_new_tokens,
             pad_token_id=pad)
         for row in generated[:, width:].tolist():
             cut = next((i for i, token in enumerate(row) if token in stops), len(row))

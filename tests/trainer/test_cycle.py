@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from feedback.db import open_store, session_scope
 from feedback.importer import import_file
@@ -21,6 +22,7 @@ from feedback.queries.leases import acquire_lease
 from flywheel.adapter_store import AdapterStore
 from flywheel.settings import Settings
 from tests.trainer.synthetic import synthetic_rows
+from trainer.checkpoints import checkpoint_path, load_state
 from trainer.cycle import LEASE, CycleConfig, run_cycle
 from trainer.evaluate import EvalConfig
 from trainer.ppo import PPOConfig
@@ -39,15 +41,21 @@ def tiny(**changes) -> CycleConfig:
     return CycleConfig(**{**TINY, **changes})
 
 
-@pytest.fixture
-def loop(tmp_path, models_dir):
+def make_loop(data_dir: Path, models_dir: Path):
     """Settings and a store holding 40 synthetic preference pairs (and their prompts)."""
-    data = tmp_path / "votes.jsonl"
+    data_dir.mkdir(exist_ok=True)
+    data = data_dir / "votes.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in synthetic_rows(40)))
-    (tmp_path / "models").symlink_to(models_dir)  # the demo model, already written
-    settings = Settings(data_dir=tmp_path, model="demo")
+    (data_dir / "models").symlink_to(models_dir)  # the demo model, already written
+    settings = Settings(data_dir=data_dir, model="demo")
     engine = open_store(settings.db_url)
     import_file(engine, data)
+    return settings, engine
+
+
+@pytest.fixture
+def loop(tmp_path, models_dir):
+    settings, engine = make_loop(tmp_path, models_dir)
     yield settings, engine
     engine.dispose()
 
@@ -168,3 +176,67 @@ def test_a_worker_killed_mid_ppo_leaves_nothing_half_made(loop):
     with session_scope(engine) as session:
         killed = runs.get_run(session, run_id=running[0].id)
         assert killed.status == RunStatus.failed and "stopped mid-cycle" in killed.error
+
+
+RESUMABLE = """
+import sys
+from feedback.db import open_store
+from flywheel.settings import Settings
+from tests.trainer.test_cycle import resumable
+from trainer.cycle import run_cycle
+settings = Settings(data_dir=sys.argv[1], model="demo")
+run_cycle(settings, open_store(settings.db_url), resumable())
+"""
+
+
+def resumable() -> CycleConfig:
+    return tiny(lease_ttl_s=2.0, ppo=PPOConfig(steps=8, checkpoint_every=2, batch_size=4,
+                                               minibatch_size=4, ppo_epochs=1,
+                                               max_new_tokens=4))
+
+
+def test_a_cycle_killed_mid_ppo_resumes_from_its_checkpoint_to_the_same_adapter(
+        tmp_path, models_dir):
+    from safetensors.torch import load_file
+
+    def adapter_weights(settings, version):
+        return load_file(AdapterStore(settings.adapters_dir).path(version)
+                         / "adapter_model.safetensors")
+
+    whole_settings, whole_engine = make_loop(tmp_path / "whole", models_dir)
+    whole = run_cycle(whole_settings, whole_engine, resumable())
+    assert whole.status == "succeeded", whole.reason
+    settings, engine = make_loop(tmp_path / "killed", models_dir)
+    root = Path(__file__).resolve().parents[2]
+    worker = subprocess.Popen([sys.executable, "-c", RESUMABLE, str(settings.data_dir)],
+                              cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # until a checkpoint holds a step or more
+            saved = load_state(checkpoint_path(settings.data_dir, 1))
+            if saved is not None and saved[0].step >= 2:
+                break
+            assert worker.poll() is None, "the worker ended before its first checkpoint"
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint was written")
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    killed_at = load_state(checkpoint_path(settings.data_dir, 1))[0].step
+    assert killed_at < 8
+
+    time.sleep(2.5)  # the dead worker's lease expires
+    resumed = run_cycle(settings, engine, resumable())
+    assert resumed.status == "succeeded" and resumed.run_id == 1, resumed.reason
+    steps = resumed.metrics["ppo"]["steps"]
+    assert [s["step"] for s in steps] == list(range(8))
+    assert steps == whole.metrics["ppo"]["steps"]
+    assert not checkpoint_path(settings.data_dir, 1).exists()
+    ours, theirs = (adapter_weights(settings, resumed.adapter_version),
+                    adapter_weights(whole_settings, whole.adapter_version))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    engine.dispose()
+    whole_engine.dispose()

@@ -125,7 +125,8 @@ def test_sampled_log_probs_and_values_match_a_full_forward_pass(tokenizer):
     rows = [encode_prompt(tokenizer, p, 64) for p in PROMPTS[:3]]
     with torch.no_grad():
         sequences, attention, width, logprobs, values, _ = _sample(
-            policy, head, tokenizer, rows, _eos_ids(policy, tokenizer), config)
+            policy, head, tokenizer, rows, _eos_ids(policy, tokenizer), config,
+            torch.Generator().manual_seed(0))
         full_logprobs, full_values = _forward(policy, head, sequences, attention, width, config)
     assert sequences.shape == (3, width + logprobs.shape[1]) and values.shape == logprobs.shape
     assert torch.allclose(logprobs, full_logprobs, atol=1e-4)
@@ -137,8 +138,7 @@ def test_draw_samples_the_softmax_and_reports_log_probs_and_entropy():
 
     probs = torch.tensor([0.2, 0.3, 0.5, 0.0])
     logits = torch.log(probs).clamp(min=-1e4).repeat(20_000, 1)
-    torch.manual_seed(0)
-    tokens, logprobs, entropy = _draw(logits, 1.0)
+    tokens, logprobs, entropy = _draw(logits, 1.0, torch.Generator().manual_seed(0))
     counts = torch.bincount(tokens, minlength=4) / len(tokens)
     assert torch.allclose(counts, probs, atol=0.015) and counts[3] == 0
     assert torch.allclose(logprobs, torch.log(probs)[tokens], atol=1e-5)
@@ -146,3 +146,57 @@ def test_draw_samples_the_softmax_and_reports_log_probs_and_entropy():
     assert torch.allclose(entropy, expected.expand(len(tokens)), atol=1e-5)
     hot_tokens, hot_logprobs, _ = _draw(logits[:8], 2.0)  # temperature 2: softmax(logits / 2)
     assert torch.allclose(hot_logprobs, torch.log_softmax(logits[0] / 2, -1)[hot_tokens])
+
+
+def test_the_run_neither_reads_nor_reseeds_the_process_wide_rng(tokenizer):
+    # A server in the same process samples from torch's global generator: training must
+    # give the same run whatever state it is in, and must not reset it.
+    torch.manual_seed(1)
+    first, _ = run(tokenizer, seed=3)
+    after_first = torch.rand(4)
+    torch.manual_seed(2)
+    second, _ = run(tokenizer, seed=3)
+    after_second = torch.rand(4)
+    assert first.metrics == second.metrics
+    assert not torch.equal(after_first, after_second)
+
+
+def test_the_final_state_warm_starts_the_critic_optimizer_and_adaptive_beta(tokenizer):
+    first, config = run(tokenizer, kl_target=0.01, kl_horizon=100)
+    state = first.state
+    assert state.step == config.steps and state.generators == {} and state.metrics == []
+    assert any(v.abs().sum() > 0 for v in state.value_head.values())  # the critic learned
+    assert state.optimizer["state"]  # Adam's moments
+    policy = first.model  # the next cycle goes on from the trained adapter
+    second = train_ppo(policy, tokenizer, PROMPTS, length_reward, config, state=state)
+    assert second.metrics[0]["beta"] == pytest.approx(state.beta)
+    # The value head starts where the first run's ended, not at zero.
+    fresh = train_ppo(prepare_policy(build_tiny_model("llama", tokenizer=tokenizer), config),
+                      tokenizer, PROMPTS, length_reward, config)
+    assert second.metrics[0]["value_loss"] != fresh.metrics[0]["value_loss"]
+
+
+def test_a_run_resumed_from_a_checkpoint_ends_as_an_uninterrupted_one(tokenizer):
+    overrides = dict(steps=5, checkpoint_every=2, seed=5)
+    whole, config = run(tokenizer, **overrides)
+    saved = []
+
+    def checkpoint(state):  # what the cycle writes to disk: the state and the adapter
+        lora = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}
+        saved.append((state, lora))
+
+    policy = prepare_policy(build_tiny_model("llama", tokenizer=tokenizer), config)
+    train_ppo(policy, tokenizer, PROMPTS, length_reward, config, checkpoint=checkpoint)
+    assert [s.step for s, _ in saved] == [2, 4]
+    state, lora = saved[0]  # killed after step 2: a new process starts from the checkpoint
+    resumed_policy = prepare_policy(build_tiny_model("llama", tokenizer=tokenizer), config)
+    with torch.no_grad():
+        for name, param in resumed_policy.named_parameters():
+            if name in lora:
+                param.copy_(lora[name])
+    resumed = train_ppo(resumed_policy, tokenizer, PROMPTS, length_reward, config, state=state)
+    assert resumed.metrics == whole.metrics
+    for (name, a), b in zip(whole.model.named_parameters(), resumed.model.parameters(),
+                            strict=True):
+        if "lora_" in name:
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -52,7 +52,7 @@ class RewardModel(nn.Module):
     def __init__(self, backbone: nn.Module, tokenizer: PreTrainedTokenizerBase, *,
                  kind: str, max_length: int, base_model: str | None = None,
                  reward_mean: float = 0.0, reward_std: float = 1.0,
-                 metrics: dict[str, Any] | None = None) -> None:
+                 metrics: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__()
         self.backbone, self.tokenizer = backbone, tokenizer
         self.kind, self.max_length, self.base_model = kind, max_length, base_model
@@ -61,7 +61,8 @@ class RewardModel(nn.Module):
         self.metrics = dict(metrics or {})
         hidden = backbone.config.get_text_config().hidden_size
         self.head = nn.Linear(hidden, 1).to(device=_device_of(backbone))
-        nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5,
+                        generator=torch.Generator(self.head.weight.device).manual_seed(seed))
         nn.init.zeros_(self.head.bias)
         self.tokenizer.truncation_side = "left"  # keep the end: the answer
 
@@ -70,23 +71,26 @@ class RewardModel(nn.Module):
     @classmethod
     def create(cls, kind: str = "minilm", *, max_length: int = 256,
                base_model: str | None = None, models_dir: Path | None = None,
-               lora_r: int = 16, device: str | None = None) -> "RewardModel":
-        """A fresh reward model (random head). `base_model` is the policy (for
-        policy-lora): a model directory, a hub id or "demo" (kept in `models_dir`)."""
+               lora_r: int = 16, device: str | None = None, seed: int = 0) -> "RewardModel":
+        """A fresh reward model (its head, and a LoRA's A matrices, drawn from `seed`).
+        `base_model` is the policy (for policy-lora): a model directory, a hub id or "demo"
+        (kept in `models_dir`)."""
         if kind == "minilm":
             backbone = AutoModel.from_pretrained(minilm_dir(), local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
             backbone.to(device or default_device())
-            return cls(backbone, tokenizer, kind=kind, max_length=max_length)
+            return cls(backbone, tokenizer, kind=kind, max_length=max_length, seed=seed)
         if kind == "policy-lora":
             from peft import get_peft_model
 
-            from flywheel.model_loading import lora_config
+            from flywheel.model_loading import init_lora_weights, lora_config
 
             base, tokenizer = _policy_base(base_model, models_dir, device)
             config = lora_config(base, r=lora_r, alpha=2 * lora_r, task_type="FEATURE_EXTRACTION")
-            return cls(get_peft_model(base, config), tokenizer, kind=kind,
-                       max_length=max_length, base_model=base_model)
+            backbone = get_peft_model(base, config)
+            init_lora_weights(backbone, seed=seed)
+            return cls(backbone, tokenizer, kind=kind, max_length=max_length,
+                       base_model=base_model, seed=seed)
         raise FlywheelError(f"unknown reward backbone {kind!r} (expected {' or '.join(BACKBONES)})")
 
     @classmethod
@@ -252,12 +256,14 @@ def plain_text(messages: list[dict[str, str]]) -> str:
 def _policy_base(name: str | None, models_dir: Path | None,
                  device: str | None) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The policy's transformer without its LM head, and its tokenizer."""
-    from flywheel.model_loading import load_model
-    from flywheel.settings import Settings
+    from flywheel.model_loading import DEMO_NAME, load_model
 
     if not name:
         raise FlywheelError("the policy-lora reward backbone needs the policy model (--model)")
-    loaded = load_model(name, models_dir=models_dir or Settings().models_dir, device=device)
+    if models_dir is None and name == DEMO_NAME:
+        raise FlywheelError("the policy-lora reward backbone on the demo model needs the "
+                            "models directory (RewardConfig.models_dir, or models_dir=)")
+    loaded = load_model(name, models_dir=models_dir or Path(), device=device)
     return loaded.model.base_model, loaded.tokenizer
 
 

@@ -1,5 +1,6 @@
 """Training and evaluating the reward model: one recipe, top to bottom."""
 
+import logging
 import math
 import random
 import time
@@ -19,6 +20,7 @@ from trainer.rlhf.reward_losses import (
     pointwise_loss,
 )
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int | None], None]  # (steps done, total steps)
 STATS_SAMPLE = 2048  # answers scored for the reward mean/std when nothing is held out
 
@@ -55,19 +57,18 @@ class RewardConfig:
 def train_reward_model(train_pairs: Sequence[Pair], heldout_pairs: Sequence[Pair],
                        config: RewardConfig | None = None, *,
                        train_labels: Sequence[Label] = (),
+                       warm_start: str | Path | None = None,
                        on_progress: Progress | None = None
                        ) -> tuple[RewardModel, dict[str, Any]]:
     """Train a reward model with the Bradley–Terry loss (plus a pointwise term for
     labels), evaluate it on the held-out pairs, and store the reward mean/std and the
-    metrics in it. Returns the model (eval mode) and the metrics."""
+    metrics in it. `warm_start` (a saved reward model of the same backbone) is where
+    training starts from instead of a fresh head. Returns the model (eval mode) and the
+    metrics."""
     config = config or RewardConfig()
     if not train_pairs:
         raise ValueError("no training pairs: the reward model needs preferences")
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    model = RewardModel.create(config.backbone, max_length=config.max_length,
-                               base_model=config.base_model, models_dir=config.models_dir,
-                               lora_r=config.lora_r, device=config.device)
+    model = _initial_model(config, warm_start)
     if config.backbone == "minilm":
         # The embeddings are 12M of MiniLM's 23M weights: freezing them halves the
         # optimizer's work and guards the pre-trained vocabulary against a small data
@@ -153,6 +154,23 @@ def train_reward_model(train_pairs: Sequence[Pair], heldout_pairs: Sequence[Pair
     model.metrics = {"heldout": {k: metrics[k] for k in ("accuracy", "loss", "ece", "pairs")},
                      "config": config.to_dict()}
     return model, metrics
+
+
+def _initial_model(config: RewardConfig, warm_start: str | Path | None) -> RewardModel:
+    """The model training starts from: `warm_start` when it has the configured backbone
+    (cycles build on each other), else a fresh one."""
+    if warm_start is not None:
+        model = RewardModel.load(warm_start, device=config.device, models_dir=config.models_dir)
+        if model.kind == config.backbone and model.max_length == config.max_length:
+            for name, param in model.backbone.named_parameters():  # peft loads a LoRA frozen
+                if model.kind == "minilm" or "lora_" in name:
+                    param.requires_grad_(True)
+            return model
+        log.info("reward model %s is %s/%d, the recipe asks for %s/%d: starting fresh",
+                 warm_start, model.kind, model.max_length, config.backbone, config.max_length)
+    return RewardModel.create(config.backbone, max_length=config.max_length,
+                              base_model=config.base_model, models_dir=config.models_dir,
+                              lora_r=config.lora_r, device=config.device, seed=config.seed)
 
 
 def evaluate_reward_model(model: RewardModel, pairs: Sequence[Pair], *,
