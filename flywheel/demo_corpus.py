@@ -30,7 +30,12 @@ def demo_answer(rng: random.Random, topic: str) -> str:
     return ANSWER_TEMPLATE.format(first, second, topic)
 
 
+def words(text: str) -> list[str]:
+    """The text's words, lower-cased, without punctuation."""
+    return text.lower().replace(",", " ").replace(".", " ").split()
+
+
 def kindness(text: str) -> int:
     """Kind words minus unkind words: the demo's built-in preference."""
-    words = text.lower().replace(",", " ").replace(".", " ").split()
-    return sum(w in KIND_WORDS for w in words) - sum(w in UNKIND_WORDS for w in words)
+    found = words(text)
+    return sum(w in KIND_WORDS for w in found) - sum(w in UNKIND_WORDS for w in found)

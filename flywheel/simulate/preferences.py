@@ -14,7 +14,9 @@ better), named as `module:function` (e.g. `flywheel.simulate.preferences:kindnes
 Without them, users only vote. The built-ins speak the demo model's little language
 (`flywheel.demo_corpus`): `kindness` (kind words minus unkind words, with a rewrite that
 swaps unkind words for kind ones and a `harmful` flag for an answer with two unkind
-words), `length` (more words) and `brevity` (fewer words).
+words), `contrast` (a taste that cuts across kind, unkind and neutral words), `topical`
+(the wanted words depend on the topic asked about), `length` (more words) and `brevity`
+(fewer words).
 """
 
 import importlib
@@ -93,3 +95,48 @@ def brevity(prompt: str, answer: str) -> float:
     """Fewer words is better (an empty answer is not)."""
     words = len(answer.split())
     return -float(words) if words else -100.0
+
+
+# A taste that ignores the kind/unkind/neutral split: some of each are liked, some disliked.
+CONTRAST_LIKED = ("wonderful", "happy", "angry", "stupid", "quiet", "odd")
+CONTRAST_DISLIKED = ("helpful", "great", "rude", "boring", "busy", "late")
+
+
+def contrast(prompt: str, answer: str) -> float:
+    """Liked words minus disliked words, each set a mix of kind, unkind and neutral ones."""
+    words = demo_corpus.words(answer)
+    return float(sum(w in CONTRAST_LIKED for w in words)
+                 - sum(w in CONTRAST_DISLIKED for w in words))
+
+
+def contrast_rewrite(prompt: str, answer: str) -> str | None:
+    return _swap(answer, CONTRAST_DISLIKED, CONTRAST_LIKED)
+
+
+def topical_words(prompt: str) -> tuple[str, ...]:
+    """The four adjectives wanted for the topic the prompt asks about (any four of the
+    demo's adjectives, fixed per topic; none for a prompt about no known topic)."""
+    topic = next((t for t in demo_corpus.TOPICS if t in prompt.lower()), None)
+    if topic is None:
+        return ()
+    return tuple(random.Random(f"topical:{topic}").sample(demo_corpus.ADJECTIVES, 4))
+
+
+def topical(prompt: str, answer: str) -> float:
+    """How many of the answer's words are the ones wanted for the prompt's topic."""
+    wanted = topical_words(prompt)
+    return float(sum(w in wanted for w in demo_corpus.words(answer)))
+
+
+def topical_rewrite(prompt: str, answer: str) -> str | None:
+    wanted = topical_words(prompt)
+    unwanted = tuple(w for w in demo_corpus.ADJECTIVES if w not in wanted)
+    return _swap(answer, unwanted, wanted) if wanted else None
+
+
+def _swap(answer: str, unwanted: tuple[str, ...], wanted: tuple[str, ...]) -> str | None:
+    """The answer with each unwanted word swapped for a wanted one (None if it has none)."""
+    replacement = iter(wanted * 4)
+    pattern = r"\b(" + "|".join(unwanted) + r")\b"
+    better = re.sub(pattern, lambda _: next(replacement), answer, flags=re.IGNORECASE)
+    return better if better != answer else None
