@@ -1,10 +1,13 @@
 """Engines, sessions and migrations for the feedback store.
 
-SQLite is the embedded default (WAL, so readers never block the writer, and a busy
-timeout, so concurrent writers wait instead of failing); PostgreSQL is the production
+SQLite is the embedded default (WAL, so readers never block the writer; a process's
+writers queue for the write lock, `feedback.sqlite_writers`; and a busy timeout, so
+writers of several processes wait instead of failing); PostgreSQL is the production
 database (`postgresql+psycopg://…`). The schema is owned by Alembic migrations.
 """
 
+import contextlib
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,13 +22,20 @@ from sqlmodel import Session, create_engine
 
 from feedback.errors import StoreError
 from feedback.eventlog import attach_event_log
+from feedback.private import FILE_MODE, private_dirs
+from feedback.sqlite_writers import connection_class
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`, checked by connecting once (a bad URL fails here, clearly)."""
+def make_engine(url: str, *, pool_size: int = 5,
+                wait_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> Engine:
+    """An engine for `url`, checked by connecting once (a bad URL fails here, clearly).
+
+    The pool keeps `pool_size` connections and opens as many again in a burst. A caller
+    waits up to `wait_s` for a connection (then `sqlalchemy.exc.TimeoutError`) and, on
+    SQLite, for the write lock (then "database is locked")."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
@@ -35,14 +45,18 @@ def make_engine(url: str) -> Engine:
     safe = parsed.render_as_string(hide_password=True)
     if parsed.drivername in ("postgres", "postgresql"):  # would pick psycopg2, or fail
         parsed = parsed.set(drivername="postgresql+psycopg")
-    kwargs = {}
+    kwargs = {"pool_size": pool_size, "max_overflow": pool_size, "pool_timeout": wait_s}
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        connect_args = {"check_same_thread": False}
+        if not parsed.database or parsed.database == ":memory:":
+            kwargs = {}  # one connection per thread: no pool to size
+        else:
             try:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(parsed.database))
             except OSError as e:
-                raise StoreError(f"cannot create the folder for {safe}: {e.strerror}") from None
-        kwargs["connect_args"] = {"check_same_thread": False}
+                raise StoreError(f"cannot create {safe}: {e.strerror}") from None
+            connect_args["factory"] = connection_class(parsed.database, wait_s)
+        kwargs["connect_args"] = connect_args
     else:
         kwargs["pool_pre_ping"] = True
     try:
@@ -50,7 +64,8 @@ def make_engine(url: str) -> Engine:
     except (NoSuchModuleError, ArgumentError, ImportError) as e:
         raise StoreError(f"unsupported database URL {safe!r}: {e}") from None
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        busy_ms = int(wait_s * 1000)
+        event.listen(engine, "connect", lambda connection, _: _sqlite_pragmas(connection, busy_ms))
     try:
         with engine.connect():
             pass
@@ -61,10 +76,18 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _create_private(path: Path) -> None:
+    """A new SQLite file is made 0600, in a folder made 0700: it holds every conversation
+    (SQLite gives its -wal and -shm files the database file's mode)."""
+    private_dirs(path.parent)
+    with contextlib.suppress(FileExistsError):  # an existing one keeps its mode
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+
+
+def _sqlite_pragmas(dbapi_connection, busy_ms: int) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -100,11 +123,12 @@ def current_revision(engine: Engine) -> str | None:
         return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
 
-def open_store(url: str, *, event_log: Path | None = None) -> Engine:
+def open_store(url: str, *, event_log: Path | None = None, pool_size: int = 5,
+               wait_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> Engine:
     """Connect and migrate: what every command and process does on start. With
     `event_log`, every change committed through the engine is appended to that file
-    (`feedback.eventlog`)."""
-    engine = make_engine(url)
+    (`feedback.eventlog`). `pool_size` and `wait_s` as for `make_engine`."""
+    engine = make_engine(url, pool_size=pool_size, wait_s=wait_s)
     upgrade(engine)
     if event_log is not None:
         attach_event_log(engine, event_log)

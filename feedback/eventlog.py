@@ -19,7 +19,8 @@ The hook lives in SQLAlchemy's session events:
 The file is append-only JSON lines (`feedback.logformat`, with a header when the file is
 new) and several processes may append to one file: each transaction's lines go out in one
 `os.write` on an `O_APPEND` descriptor under an exclusive `flock`, so they never
-interleave. A process killed between its commit and the append loses that transaction's
+interleave. It holds every conversation, so it is created 0600 (and its folder, if it
+makes it, 0700). A process killed between its commit and the append loses that transaction's
 records (the store keeps them; `feedback export --format log` writes the whole store). A
 failed append is logged as an error and does not undo the commit. Core UPDATE statements
 are not seen; the store's queries use them only for leases, which are not logged.
@@ -38,6 +39,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from feedback.logformat import KEYS, MODELS, deletion, header, to_log
 from feedback.models import utcnow
+from feedback.private import FILE_MODE, private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,8 @@ class EventLog:
         body = b"".join(_line(record) for record in records)
         if not body:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        private_dirs(self.path.parent)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_size == 0:

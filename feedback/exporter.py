@@ -6,13 +6,16 @@
   ranking of k answers; ties and "both bad" are no preference and are left out.
 * `kto`: TRL unpaired rows, `{"prompt": [...], "completion": [...], "label": bool}`,
   one per rating (thumb up is true).
+* `sft`: TRL conversational language-modeling rows, `{"messages": [the thread above the
+  rewritten answer, …, {"role": "assistant", "content": the rewrite}]}`, one per rewrite.
 * `log`: every record of the store in its final state, for replay (`feedback.logformat`):
   the feedback, the adapter registry with its audit trail, training runs and annotator
   quality.
 
 Rows come in id order, so the same store always gives the same bytes (the log's header
 time aside). Rows that `feedback.formats` would reject on import (a prompt that does
-not end with a user turn, say) are left out of dpo and kto, so every export imports.
+not end with a user turn, say) are left out of dpo, kto and sft, so every dpo and kto
+export imports (sft is export only: a row holds no answer to prefer it to).
 """
 
 from collections.abc import Callable, Iterable, Iterator
@@ -25,14 +28,22 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from feedback.db import session_scope
-from feedback.formats import FormatError, Preference, Progress, Turn, Unpaired, write_json_lines
+from feedback.formats import (
+    Demonstration,
+    FormatError,
+    Preference,
+    Progress,
+    Turn,
+    Unpaired,
+    write_json_lines,
+)
 from feedback.logformat import KEYS, MODELS, header, to_log
 from feedback.models import Choice, Comparison, Message
 from feedback.queries.conversations import iter_conversations, iter_messages, message_paths
 from feedback.queries.users import iter_users
 from feedback.queries.votes import iter_comparisons, iter_flags, iter_ratings, iter_rewrites
 
-Format = Literal["dpo", "kto", "log"]
+Format = Literal["dpo", "kto", "sft", "log"]
 BATCH = 500  # votes per message lookup
 
 T = TypeVar("T")
@@ -44,7 +55,7 @@ def export_feedback(engine: Engine, *, fmt: Format, out: Path,
     number of records. A failed export leaves no file behind. `on_progress(records
     written, None)`."""
     if fmt not in ROWS:
-        raise ValueError(f"unknown export format {fmt!r} (expected dpo, kto or log)")
+        raise ValueError(f"unknown export format {fmt!r} (expected dpo, kto, sft or log)")
     if engine.dialect.name == "postgresql":  # one snapshot, even while the server writes
         engine = engine.execution_options(isolation_level="REPEATABLE READ")
     with session_scope(engine) as session:
@@ -80,12 +91,22 @@ def _kto_rows(session: Session) -> Iterator[dict[str, Any]]:
                 yield from _trl(Unpaired, _prompt(path), path[-1].content, rating.thumb == 1)
 
 
+def _sft_rows(session: Session) -> Iterator[dict[str, Any]]:
+    for chunk in _batches(iter_rewrites(session), BATCH):
+        paths = message_paths(session, message_ids={rewrite.message_id for rewrite in chunk})
+        for rewrite in chunk:
+            path = paths.get(rewrite.message_id)
+            if path:
+                yield from _trl(Demonstration, _prompt(path), rewrite.content)
+
+
 def _prompt(path: list[Message]) -> tuple[Turn, ...]:
     """The thread above an answer."""
     return tuple(Turn(message.role, message.content) for message in path[:-1])
 
 
-def _trl(record_type: type[Preference | Unpaired], *fields: Any) -> Iterator[dict[str, Any]]:
+def _trl(record_type: type[Preference | Unpaired | Demonstration], *fields: Any
+         ) -> Iterator[dict[str, Any]]:
     try:
         yield record_type(*fields).to_trl()
     except FormatError:  # not importable as TRL data: leave it out
@@ -115,4 +136,4 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 ROWS: dict[str, Callable[[Session], Iterator[dict[str, Any]]]] = {
-    "dpo": _dpo_rows, "kto": _kto_rows, "log": _log_rows}
+    "dpo": _dpo_rows, "kto": _kto_rows, "sft": _sft_rows, "log": _log_rows}

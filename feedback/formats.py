@@ -32,6 +32,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from feedback.private import FILE_MODE
+
 ROLES = ("system", "user", "assistant")
 GZIP_MAGIC = b"\x1f\x8b"
 PROGRESS_EVERY = 1000  # lines between progress callbacks
@@ -130,6 +132,22 @@ class Unpaired:
         """The TRL conversational unpaired row."""
         return {"prompt": _messages(self.prompt), "completion": _answer(self.completion),
                 "label": self.label}
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A prompt and an answer to imitate (a user's rewrite), for SFT. Checked when built.
+    Written by `feedback export --format sft`; not a record that data files are read as."""
+
+    prompt: tuple[Turn, ...]
+    completion: str
+
+    def __post_init__(self) -> None:
+        _check_prompt(self.prompt)
+
+    def to_trl(self) -> dict[str, Any]:
+        """The TRL conversational language-modeling row: the whole exchange as `messages`."""
+        return {"messages": _messages(self.prompt) + _answer(self.completion)}
 
 
 Record = Preference | Unpaired
@@ -304,14 +322,15 @@ def read_records(path: str | Path) -> Iterator[Record]:
 def write_json_lines(path: str | Path, rows: Iterable[dict[str, Any]], *,
                      on_progress: Progress | None = None) -> int:
     """Write rows as JSON lines (gzipped if the name ends in .gz), reproducibly, through
-    a temporary file renamed at the end: a failure leaves no partial file. Returns the
-    number of rows; `on_progress(rows written, None)`."""
+    a temporary file renamed at the end: a failure leaves no partial file. The file is
+    0600: it holds users' conversations. Returns the number of rows; `on_progress(rows
+    written, None)`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     count = 0
     try:
-        with temp.open("xb") as raw:
+        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as raw:
             # A fixed mtime and no name in the gzip header keep the bytes reproducible.
             out = (gzip.GzipFile(fileobj=raw, mode="wb", filename="", mtime=0,
                                  compresslevel=6) if path.suffix == ".gz" else raw)

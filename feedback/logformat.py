@@ -9,12 +9,13 @@ key is `user_id`, that field instead of `id`). A record refers to others only by
 of records above it.
 
 Types, in dependency order: user, conversation, message, rating, comparison, rewrite, flag
-(the feedback), then adapter, training_run, audit_event (the registry and its history) and
-annotator_quality (each user's agreement with the last reward model, which weighs their
-votes in training).
+(the feedback), then reward_model, adapter, training_run, audit_event (the registry and its
+history) and annotator_quality (each user's agreement with the last reward model, which
+weighs their votes in training). Version 2 files written before reward models joined the
+registry have no reward_model records, and read as they are.
 
 A record whose (type, id) appeared earlier is a newer state of that row: ratings are
-changed, comparisons decided, adapters move through their statuses. An export
+changed, comparisons decided, adapters and reward models move through their statuses. An export
 (`feedback export --format log`) writes each row once, in its final state, grouped by type
 in dependency order; the live event log (`feedback.eventlog`) writes every committed
 insert, update and deletion as it happens. Version 1 files (exports of the seven feedback
@@ -40,6 +41,8 @@ from feedback.models import (
     Message,
     MessageRole,
     Rating,
+    RewardModelStatus,
+    RewardModelVersion,
     Rewrite,
     Role,
     RunKind,
@@ -52,8 +55,9 @@ LOG_FORMAT, LOG_VERSION = "flywheel-log", 2
 READABLE_VERSIONS = (1, 2)
 MODELS: dict[str, type[SQLModel]] = {
     "user": User, "conversation": Conversation, "message": Message, "rating": Rating,
-    "comparison": Comparison, "rewrite": Rewrite, "flag": Flag, "adapter": Adapter,
-    "training_run": TrainingRun, "audit_event": AuditEvent,
+    "comparison": Comparison, "rewrite": Rewrite, "flag": Flag,
+    "reward_model": RewardModelVersion, "adapter": Adapter, "training_run": TrainingRun,
+    "audit_event": AuditEvent,
     "annotator_quality": AnnotatorQuality}
 FEEDBACK_TYPES = ("user", "conversation", "message", "rating", "comparison", "rewrite", "flag")
 KEYS = {kind: "user_id" if kind == "annotator_quality" else "id" for kind in MODELS}
@@ -68,6 +72,7 @@ REFERENCES: dict[str, dict[str, str]] = {
                    "candidate_ids": "message", "ranking": "message"},
     "rewrite": {"message_id": "message", "user_id": "user"},
     "flag": {"message_id": "message", "user_id": "user"},
+    "reward_model": {},
     "adapter": {},
     "training_run": {},
     "audit_event": {"actor_id": "user"},
@@ -77,11 +82,13 @@ ALLOWED: dict[tuple[str, str], set[Any]] = {
     ("user", "role"): set(Role), ("message", "role"): set(MessageRole),
     ("rating", "thumb"): {-1, 1}, ("comparison", "choice"): {*Choice, None},
     ("flag", "category"): set(FlagCategory), ("adapter", "status"): set(AdapterStatus),
+    ("reward_model", "status"): set(RewardModelStatus),
     ("training_run", "kind"): set(RunKind), ("training_run", "status"): set(RunStatus)}
 # The column that dates a record's state: rows that change carry the time of the change.
 STATE_TIME = {"user": "created_at", "conversation": "created_at", "message": "created_at",
               "rating": "updated_at", "comparison": "updated_at", "rewrite": "created_at",
-              "flag": "created_at", "adapter": "updated_at", "training_run": "started_at",
+              "flag": "created_at", "reward_model": "updated_at", "adapter": "updated_at",
+              "training_run": "started_at",
               "audit_event": "created_at", "annotator_quality": "computed_at"}
 
 

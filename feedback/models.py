@@ -95,6 +95,12 @@ class AdapterStatus(StrEnum):
     failed = "failed"
 
 
+class RewardModelStatus(StrEnum):
+    current = "current"  # the one the loop trains and evaluates with (at most one)
+    retired = "retired"  # was current; a newer one replaced it
+    rejected = "rejected"  # worse than the current one on the held-out split when trained
+
+
 class RunKind(StrEnum):
     reward = "reward"
     ppo = "ppo"
@@ -225,6 +231,34 @@ class Adapter(SQLModel, table=True):
     status: str = Field(default=AdapterStatus.training, max_length=16, index=True)
     eval_report: dict[str, Any] | None = _json(nullable=True)
     traffic_share: float = 0.0
+    reward_model_version: str | None = Field(default=None, max_length=64)  # trained with it
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class RewardModelVersion(SQLModel, table=True):
+    """A trained reward model: an immutable directory under `<data_dir>/reward_models/`
+    named after its version, what it saw, and how it scored on the held-out split."""
+
+    __tablename__ = "reward_model"
+    # At most one reward model is current, whatever two trainers do at the same moment.
+    __table_args__ = (
+        Index("ix_reward_model_one_current", "status", unique=True,
+              sqlite_where=text("status = 'current'"),
+              postgresql_where=text("status = 'current'")),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(max_length=64, unique=True, index=True)  # rm-0001, rm-0002, ...
+    # The one current when it was trained (a cycle warm-starts from it).
+    parent_version: str | None = Field(default=None, max_length=64)
+    path: str = Field(max_length=1024)
+    backbone: str = Field(max_length=32)  # "minilm" or "policy-lora"
+    # What it trained on, e.g. {"since": None, "until": "...", "pairs": 900,
+    # "heldout_pairs": 100}.
+    data_window: dict[str, Any] = _json(default=dict)
+    heldout: dict[str, Any] | None = _json(nullable=True)  # accuracy, loss, ece, pairs
+    status: str = Field(default=RewardModelStatus.current, max_length=16, index=True)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
 
@@ -253,6 +287,7 @@ class AuditEvent(SQLModel, table=True):
     actor: str = Field(max_length=64)  # the handle, or "scheduler"
     action: str = Field(max_length=32)  # "approve", "promote", "rollback", ...
     adapter_version: str | None = Field(default=None, max_length=64, index=True)
+    reward_model_version: str | None = Field(default=None, max_length=64, index=True)
     detail: dict[str, Any] = _json(default=dict)
     created_at: datetime = _timestamp(index=True)
 

@@ -2,12 +2,12 @@
 
 `replay_log` applies the records in order into an empty store: the first state of a row
 inserts it with the log's id, a later state updates it, a deletion deletes it (and what
-the database cascades with it). Every record type is replayed — feedback, adapter
-registry, training runs, audit trail, annotator quality — so the rebuilt store answers
-every query as the original did, ids included; users come back without API keys (a log
-never holds them). With `until`, only the records whose state began at or before that
-time count (`feedback.logformat.STATE_TIME`): the store as it was then, as far as the log
-tells (an event log holds every state; an export only the last one of each row).
+the database cascades with it). Every record type is replayed — feedback, adapter and
+reward-model registry, training runs, audit trail, annotator quality — so the rebuilt
+store answers every query as the original did, ids included; users come back without API
+keys (a log never holds them). With `until`, only the records whose state began at or
+before that time count (`feedback.logformat.STATE_TIME`): the store as it was then, as far
+as the log tells (an event log holds every state; an export only the last one of each row).
 
 A store that already holds rows is refused: merging a log into one, with new ids, is what
 `feedback import` does. The whole replay is one transaction; a bad line aborts it with
@@ -31,6 +31,7 @@ from feedback.formats import FormatError, Progress, iter_lines, parse_json
 from feedback.logformat import KEYS, MODELS, REFERENCES, LogRecord, from_log, is_log_header
 
 BATCH = 500  # rows per INSERT or UPDATE
+ONE_AT_A_TIME = ("adapter", "reward_model")  # a unique index: one live, one current
 
 
 class ReplayFailed(InvalidFeedback):
@@ -122,7 +123,7 @@ class _Writer:
     """Applies records in order, in batches: new rows wait to be inserted together, later
     states of stored rows to be updated together. What waits is written before a record
     that could depend on it: a deletion, a record that refers to a waiting row, an
-    adapter (one live at a time)."""
+    adapter or a reward model (one live, one current at a time)."""
 
     def __init__(self, session: Session, report: ReplayReport) -> None:
         self.session, self.report = session, report
@@ -133,7 +134,7 @@ class _Writer:
 
     def add(self, record: LogRecord) -> None:
         kind, key, row, _ = record
-        if row is None or kind == "adapter":
+        if row is None or kind in ONE_AT_A_TIME:
             self.flush()
         if row is None:
             if key not in self.stored[kind]:
@@ -155,7 +156,7 @@ class _Writer:
                 self.flush()
             self.inserts[kind][key] = row
         self.waiting += 1
-        if self.waiting >= BATCH or kind == "adapter":
+        if self.waiting >= BATCH or kind in ONE_AT_A_TIME:
             self.flush()
 
     def _refers_to_waiting(self, kind: str, row: dict[str, Any]) -> bool:

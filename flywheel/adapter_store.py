@@ -6,6 +6,10 @@ they are), plus `manifest.json`: version, parent, base model, creation time, the
 size of every file, and the shape of every tensor. A version is written in a hidden temporary
 directory inside `root`, fsynced, then renamed into place, so it appears complete or not at all,
 and it is never rewritten.
+
+A manifest only proves the files agree with each other: whoever replaces the weights can
+rewrite it to match. What is served is checked against the checksum the registry recorded
+when the version was registered (`verify(version, sha256=...)`).
 """
 
 import hashlib
@@ -20,11 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from feedback.private import private_dirs
 from flywheel.errors import FlywheelError
 
 VERSION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -36,7 +42,8 @@ MANIFEST_FORMAT = 1
 
 
 class AdapterIntegrityError(FlywheelError):
-    """An adapter's files do not match its manifest (corrupted, truncated, missing or added)."""
+    """An adapter's files do not match its manifest (corrupted, truncated, missing or added)
+    or the registry's checksum (replaced), or its weights are unreadable or not finite."""
 
 
 class AdapterShapeError(FlywheelError):
@@ -107,7 +114,7 @@ class AdapterStore:
             _checked_version(parent)
         if final.exists():
             raise self._exists_error(version)
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.root)
         tmp = self.root / f"{TMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
         try:
             _save_flat(model, tmp, adapter_name)
@@ -138,8 +145,10 @@ class AdapterStore:
             shutil.rmtree(tmp, ignore_errors=True)
         return StoredAdapter(version=version, path=final, sha256=manifest["sha256"])
 
-    def verify(self, version: str) -> StoredAdapter:
-        """Re-hash every file against the manifest; raise AdapterIntegrityError on any mismatch."""
+    def verify(self, version: str, *, sha256: str | None = None) -> StoredAdapter:
+        """Re-hash every file against the manifest, and the manifest against `sha256` (the
+        checksum the registry holds for `version`), then read every tensor: raise
+        AdapterIntegrityError on any mismatch, or on weights unreadable or not finite."""
         path = self.path(version)
         manifest = self.manifest(version)
         try:
@@ -151,11 +160,11 @@ class AdapterStore:
         for required in (WEIGHTS, ADAPTER_CONFIG):
             if required not in listed:
                 raise AdapterIntegrityError(f"adapter {version} has no {required} in its manifest")
-        for name, (size, sha256) in listed.items():
+        for name, (size, file_sha256) in listed.items():
             file = path / name
             if Path(name).name != name or not file.is_file():
                 raise AdapterIntegrityError(f"adapter {version}: file {name} is missing")
-            if file.stat().st_size != size or _sha256(file) != sha256:
+            if file.stat().st_size != size or _sha256(file) != file_sha256:
                 raise AdapterIntegrityError(
                     f"adapter {version}: file {name} does not match its checksum (corrupted)"
                 )
@@ -166,6 +175,11 @@ class AdapterStore:
             raise AdapterIntegrityError(f"adapter {version}: unexpected files {', '.join(extra)}")
         if files_sha256(files) != expected_sha:
             raise AdapterIntegrityError(f"adapter {version}: the manifest's checksum was altered")
+        if sha256 is not None and expected_sha != sha256:
+            raise AdapterIntegrityError(
+                f"adapter {version}: its checksum {expected_sha[:12]}… differs from the "
+                f"registry's {sha256[:12]}… (its files were replaced)")
+        _check_weights(path / WEIGHTS, version=version)
         return StoredAdapter(version=version, path=path, sha256=expected_sha)
 
     def load(
@@ -175,15 +189,17 @@ class AdapterStore:
         *,
         adapter_name: str | None = None,
         is_trainable: bool = False,
+        sha256: str | None = None,
     ) -> PeftModel:
-        """Verify `version`, check it fits `model`, then load it as a named adapter.
+        """Verify `version` (against the registry's `sha256` when given), check it fits
+        `model`, then load it as a named adapter.
 
         `model` is a plain transformers model (wrapped with PeftModel.from_pretrained) or a
         PeftModel (the adapter is added beside the loaded ones and not activated). The name
         defaults to the version with dots replaced by underscores. A failed load leaves the
         adapters already loaded untouched.
         """
-        stored = self.verify(version)
+        stored = self.verify(version, sha256=sha256)
         name = adapter_name or version.replace(".", "_")  # torch module names cannot hold dots
         is_peft = isinstance(model, PeftModel)
         if is_peft and name in model.peft_config:
@@ -302,6 +318,19 @@ def _file_table(directory: Path) -> list[dict[str, Any]]:
 def _tensor_shapes(weights: Path) -> dict[str, list[int]]:
     with safe_open(str(weights), framework="pt") as f:
         return {key: list(f.get_slice(key).get_shape()) for key in sorted(f.keys())}
+
+
+def _check_weights(weights: Path, *, version: str) -> None:
+    """Every tensor readable and finite: one NaN weight would poison every answer."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                if not torch.isfinite(f.get_tensor(key)).all():
+                    raise AdapterIntegrityError(
+                        f"adapter {version}: tensor {key} holds NaN or infinite values")
+    except (SafetensorError, OSError) as exc:
+        raise AdapterIntegrityError(
+            f"adapter {version}: its weights cannot be read ({exc})") from exc
 
 
 def _in_out_features(layer: nn.Module) -> tuple[int, int] | None:

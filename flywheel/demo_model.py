@@ -20,6 +20,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from feedback.private import private_dirs
 from flywheel.demo_corpus import TOPICS, demo_answer
 from flywheel.errors import FlywheelError
 
@@ -98,7 +99,7 @@ def write_demo_model(path: Path, *, seed: int = 0, overwrite: bool = False,
     if path.exists() and not overwrite:
         raise FlywheelError(f"demo model directory already exists: {path} (delete it to rebuild)")
     logger.info("building the demo model (seed %d) in %s", seed, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(path.parent)  # it may be the first thing made in the data directory
     tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
     try:
         tokenizer = build_demo_tokenizer()

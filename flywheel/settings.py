@@ -3,8 +3,16 @@
 import os
 import secrets
 from pathlib import Path
+from typing import Annotated
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from feedback.private import FILE_MODE, private_dirs
+from flywheel.errors import FlywheelError
+
+# Shorter keys are refused: cookies signed with a guessable key can be forged.
+MIN_SECRET_KEY_CHARS = 32
 
 
 class Settings(BaseSettings):
@@ -22,11 +30,32 @@ class Settings(BaseSettings):
 
     # Serving
     secret_key: str | None = None  # signs session cookies; default: kept in data_dir
+    # Keys rotated out, comma-separated: cookies they signed still verify (keep each one
+    # as long as the cookies' max age, a year, or their anonymous users start afresh).
+    previous_secret_keys: Annotated[list[str], NoDecode] = []
+    # Web origins, besides the server's own, whose pages may open the chat websocket
+    # (comma-separated, e.g. https://chat.example.com).
+    allowed_origins: Annotated[list[str], NoDecode] = []
+    # Proxies believed about X-Forwarded-Proto (HTTPS: Secure cookies) and X-Forwarded-For
+    # (the client's address): comma-separated addresses or networks, "*" for any.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
     max_batch: int = 32  # answers generated together; more wait in the queue
     max_queue: int = 64  # waiting answers beyond which requests get 503 + Retry-After
     max_message_chars: int = 8000
+    max_conversation_chars: int = 200_000  # all messages of a /v1 request (413 beyond)
+    max_body_bytes: int = 1024 * 1024  # any HTTP request's body (413 beyond)
     max_new_tokens: int = 256  # default answer length
     rate_limit_per_minute: int = 60  # answers per user per minute (429 + Retry-After)
+    # Answers per client address per minute for callers without an API key (default: the
+    # per-user limit), so that dropping the session cookie does not reset the budget.
+    # Browsers behind one NAT share it: raise it there. Behind a reverse proxy the address
+    # is the proxy's unless the proxy is in `forwarded_allow_ips`.
+    rate_limit_per_address_per_minute: int | None = None
+    # Threads for blocking work (each request's whole unit of work with the database runs
+    # in one); the database pool holds a connection for each, and as many again for the
+    # event loop's own worker threads (PostgreSQL: at most 2 × threads connections).
+    threads: int = 40
+    db_wait_s: float = 5.0  # wait for a pooled connection or SQLite's lock; then 503
     side_by_side_share: float = 0.1  # share of turns answered twice for a pick
     adapter_poll_s: float = 2.0  # how often servers reconcile adapters with the registry
 
@@ -41,20 +70,52 @@ class Settings(BaseSettings):
     auto_promote_max_kl: float = 5.0  # nats per answer to the base model
     auto_promote_max_degenerate: float = 0.1  # share of empty or degenerate answers
 
+    @field_validator("previous_secret_keys", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("previous_secret_keys")
+    @classmethod
+    def _long_enough(cls, keys: list[str]) -> list[str]:
+        if any(len(key) < MIN_SECRET_KEY_CHARS for key in keys):
+            raise ValueError(f"each key needs at least {MIN_SECRET_KEY_CHARS} characters: "
+                             "cookies signed with a shorter one could be forged")
+        return keys
+
+    @property
+    def session_keys(self) -> list[str]:
+        """The keys that verify session cookies; the first one signs new ones."""
+        return [self.secret_key, *self.previous_secret_keys]
+
     def resolved_secret_key(self) -> str:
         """The configured secret, else one generated once and kept in the data directory
-        (so sessions survive restarts and servers sharing the directory agree)."""
-        if self.secret_key:
+        (so sessions survive restarts and servers sharing the directory agree). A key
+        shorter than MIN_SECRET_KEY_CHARS, configured or stored, is refused."""
+        if self.secret_key is not None:
+            if len(self.secret_key) < MIN_SECRET_KEY_CHARS:
+                raise FlywheelError(
+                    f"FLYWHEEL_SECRET_KEY has {len(self.secret_key)} characters, fewer than "
+                    f"{MIN_SECRET_KEY_CHARS}: session cookies signed with it could be forged. "
+                    "Set a longer one (python -c 'import secrets; print(secrets.token_hex(32))'"
+                    "), or unset it to have one kept in the data directory.")
             return self.secret_key
         path = self.data_dir / "secret_key"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _publish_secret_key(path)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-        return path.read_text().strip()
+            key = path.read_text().strip()
+        except UnicodeDecodeError:
+            key = ""
+        if len(key) < MIN_SECRET_KEY_CHARS:
+            raise FlywheelError(
+                f"the secret key in {path} is not a key of at least {MIN_SECRET_KEY_CHARS} "
+                "characters (an interrupted start may have left it empty): delete it to have "
+                "a new one made (browser sessions then start afresh), or set "
+                "FLYWHEEL_SECRET_KEY.")
+        return key
 
     @property
     def db_url(self) -> str:
@@ -73,3 +134,28 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+
+def _publish_secret_key(path: Path) -> None:
+    """Put a new random key at `path`, whole or not at all: written to a temporary file,
+    fsynced, then hard-linked into place, which fails if another server starting at the
+    same moment got there first (its key is then the one everybody reads)."""
+    key = secrets.token_hex(32)
+    private_dirs(path.parent)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(temp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except FileExistsError:
+        pass
+    finally:
+        temp.unlink(missing_ok=True)

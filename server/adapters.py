@@ -4,10 +4,15 @@ The registry (the `adapter` table) says which version is live, which candidates 
 evaluation, and which get a canary share of traffic. `sync` brings this server in line —
 at start, by polling (so replicas converge), and at once after an operator acts here:
 
-- a new adapter is verified (checksums, tensor shapes), loaded beside the others on the
-  engine thread between two decode steps, and smoke-tested (one forward pass with finite
-  logits) before any request is routed to it; one that fails is unloaded and reported,
-  and the adapters already serving are untouched;
+- a new adapter is verified (its files against the checksum the registry holds, its
+  weights finite, its tensor shapes), loaded beside the others on the engine thread between
+  two decode steps, and smoke-tested (one forward pass with finite logits) before any
+  request is routed to it; one that fails is unloaded and reported, and the adapters
+  already serving are untouched;
+- an operator's action that would make an adapter servable (promotion, rollback, canary)
+  loads it here first (`admit`), and is refused while it does not load; a live adapter
+  this server cannot load still happens (files damaged later, another server's registry
+  change), and `degraded` then says so;
 - routing switches in one assignment, and each answer keeps the adapter it started with
   (`acquire` … `release` around its generation);
 - an adapter no longer wanted stops taking new requests at once, and is unloaded once its
@@ -36,6 +41,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "flywheel"  # the live adapter (or a canary) if there is one, else the base
 DRAIN_GRACE_S = 5.0
+# The statuses from which an operator's action can make an adapter servable: approved
+# (promotion, canary), retired (promotion, rollback), candidate (canary).
+BECOMES_SERVABLE = (AdapterStatus.approved, AdapterStatus.retired, AdapterStatus.candidate)
 
 
 @dataclass
@@ -55,6 +63,7 @@ class AdapterManager:
         self.loaded: dict[str, str] = {}  # version -> sha256 of what is in memory
         self.failed: dict[str, tuple[str, str]] = {}  # version -> (sha256, error)
         self.live: str | None = None
+        self.wanted_live: str | None = None  # the registry's live adapter, at the last sync
         self.candidates: list[str] = []  # under evaluation: side-by-side turns
         self.canary: dict[str, float] = {}  # version -> share of default traffic
         self.in_flight: Counter[str | None] = Counter()
@@ -97,6 +106,15 @@ class AdapterManager:
     def engine_name(version: str | None) -> str | None:
         return None if version is None else version.replace(".", "_")
 
+    def degraded(self) -> str | None:
+        """Why this server does not serve the adapter the registry says is live, or None."""
+        if self.live == self.wanted_live:
+            return None
+        served = self.live or f"the base model {self.base_name}"
+        refused = f" ({self.wanted_live} was refused)" if self.wanted_live in self.failed else ""
+        return (f"the registry says {self.wanted_live or 'no adapter'} is live; this server "
+                f"serves {served}{refused}")
+
     # -- reconciling --------------------------------------------------------------------------
 
     async def run(self, every_s: float) -> None:
@@ -120,6 +138,7 @@ class AdapterManager:
             # the new live one leaves the live one serving (it stays loaded and routed).
             if desired.live is None or desired.live in self.loaded:
                 self.live = desired.live
+            self.wanted_live = desired.live
             self.candidates = [v for v in desired.candidates if v in self.loaded]
             self.canary = {v: s for v, s in desired.canary.items() if v in self.loaded}
             routable = self.routable()
@@ -130,6 +149,33 @@ class AdapterManager:
                 elif (now - self._unrouted_at.setdefault(version, now) >= DRAIN_GRACE_S
                       and self.in_flight[version] == 0):
                     await self._unload(version)
+
+    async def admit(self, version: str | None) -> None:
+        """Load `version` here before the registry makes it servable: promoted, rolled back
+        to (None: the adapter a rollback would bring back), or given a canary share. It is
+        verified against the registry's checksum, loaded and smoke-tested like any other,
+        and stays loaded (unrouted: it drains if the registry's change does not follow).
+        One that does not load raises 409 `adapter_unloadable`, so the change is never
+        made. A version the registry lacks, or cannot make servable, is left for the
+        registry's own error."""
+        target = await asyncio.to_thread(self._servable, version)
+        if target is None:
+            return
+        version, sha256 = target
+        async with self._lock:
+            if version not in self.loaded:
+                await self._load(version, sha256)
+        if version not in self.loaded:
+            raise APIError(409, f"adapter {version} cannot be served, so the registry was left "
+                           f"as it was: {self.failed[version][1]}", code="adapter_unloadable")
+
+    def _servable(self, version: str | None) -> tuple[str, str] | None:
+        with session_scope(self.db) as session:
+            row = (registry.rollback_target(session) if version is None
+                   else registry.get_adapter(session, version=version))
+            if row is None or row.status not in BECOMES_SERVABLE:
+                return None
+            return row.version, row.sha256
 
     def _desired(self) -> _Desired:
         with session_scope(self.db) as session:
@@ -151,7 +197,7 @@ class AdapterManager:
 
     async def _load(self, version: str, sha256: str) -> None:
         try:
-            await self.engine.call(lambda: self._load_on_engine(version))
+            await self.engine.call(lambda: self._load_on_engine(version, sha256))
         except Exception as e:
             self.failed[version] = (sha256, str(e))
             log.error("adapter %s refused: %s", version, e)
@@ -160,10 +206,12 @@ class AdapterManager:
         self.failed.pop(version, None)
         log.info("adapter %s loaded", version, extra={"adapter": version})
 
-    def _load_on_engine(self, version: str) -> None:
-        """Verify, load and smoke-test; on any failure leave the model as it was."""
+    def _load_on_engine(self, version: str, sha256: str) -> None:
+        """Verify (against the registry's `sha256`), load and smoke-test; on any failure
+        leave the model as it was."""
         name = self.engine_name(version)
-        self.engine.model = self.store.load(self.engine.model, version, adapter_name=name)
+        self.engine.model = self.store.load(self.engine.model, version, adapter_name=name,
+                                            sha256=sha256)
         try:
             probe = torch.tensor([[self.engine.tokenizer.bos_token_id or 1] * 4],
                                  device=self.engine.device)

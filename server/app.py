@@ -3,17 +3,21 @@
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from feedback.db import open_store
 from flywheel.adapter_store import AdapterStore
 from flywheel.model_loading import LoadedModel, load_model
 from flywheel.settings import Settings
 from server.adapters import AdapterManager
+from server.body_limit import BodyLimit
 from server.chat import ChatService
 from server.engine import GenerationEngine
 from server.errors import install_error_handlers
@@ -30,8 +34,10 @@ from server.routes import (
     openai,
     operations,
     ratings,
+    reward_models,
     rewrites,
 )
+from server.security import BrowserHardening
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -43,7 +49,15 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        db = open_store(settings.db_url, event_log=settings.event_log_path)
+        # Blocking work runs in `threads` worker threads, FastAPI's (sync routes and
+        # dependencies) and asyncio's (to_thread) alike; the pool has a connection for each.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(settings.threads, thread_name_prefix="flywheel"))
+        # First: a short or empty key fails before anything is started.
+        settings.secret_key = settings.resolved_secret_key()
+        db = open_store(settings.db_url, event_log=settings.event_log_path,
+                        pool_size=settings.threads, wait_s=settings.db_wait_s)
         loaded = model or load_model(settings.model, models_dir=settings.models_dir)
         engine = GenerationEngine(loaded.model, loaded.tokenizer, max_batch=settings.max_batch,
                                   max_context=loaded.max_context)
@@ -53,13 +67,13 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
                                  db=db, base_name=_base_name(settings.model))
         await manager.sync()
         poller = asyncio.create_task(manager.run(every_s=settings.adapter_poll_s))
-        settings.secret_key = settings.resolved_secret_key()
         app.state.settings = settings
         app.state.db = db
         app.state.is_demo = loaded.is_demo
         app.state.metrics = metrics
         app.state.adapters = manager
-        app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        app.state.rate_limiter = RateLimiter(
+            settings.rate_limit_per_minute, per_address=settings.rate_limit_per_address_per_minute)
         app.state.chat = ChatService(db=db, engine=engine, tokenizer=loaded.tokenizer,
                                      adapters=manager, metrics=metrics,
                                      max_context=loaded.max_context)
@@ -75,6 +89,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
     app = FastAPI(title="Flywheel", version="0.1.0", lifespan=lifespan,
                   summary="Chat, vote, and the model gets better.")
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # innermost: logged
 
     @app.middleware("http")
     async def access_log(request: Request, call_next):
@@ -86,8 +101,14 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
                         "ms": round((time.perf_counter() - started) * 1000, 1)})
         return response
 
+    docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(BrowserHardening, allowed_origins=settings.allowed_origins,
+                       docs_paths=[path for path in docs if path])
+    # Outermost: what comes after sees the client's scheme and address.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+
     for module in (operations, chat_ws, openai, conversations, ratings, comparisons,
-                   rewrites, flags, adapters, annotators, feedback_browser):
+                   rewrites, flags, adapters, reward_models, annotators, feedback_browser):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

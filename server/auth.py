@@ -1,17 +1,24 @@
 """Who is calling: an API key (SDK clients, operators) or a browser session cookie.
 
-A browser with neither gets an anonymous user and a signed, HttpOnly session cookie on
-its first call. An API key that is given but unknown is refused (401), never silently
-downgraded to an anonymous session.
+A browser with neither is anonymous, and its reads leave no trace: it owns nothing, so
+they find nothing. Its anonymous user and the signed, HttpOnly session cookie that names
+it are made when it first needs them: its first answer (`/v1/chat/completions`), its chat
+websocket (the handshake is the one moment a socket can set a cookie), or `GET /api/me`,
+the web UI's explicit first step. An API key that is given but unknown is refused (401),
+never silently downgraded to an anonymous session.
 """
 
+import asyncio
 import hashlib
-import hmac
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
+from itsdangerous import BadData, TimestampSigner
 from sqlmodel import Session
+from starlette.requests import HTTPConnection
 
 from feedback.db import session_scope
 from feedback.models import Role, User
@@ -21,18 +28,27 @@ from server.errors import APIError
 
 COOKIE = "flywheel_session"
 COOKIE_MAX_AGE = 365 * 24 * 3600
+COOKIE_SALT = "flywheel.session"
 
 
-def sign(user_id: int, secret: str) -> str:
-    mac = hmac.new(secret.encode(), str(user_id).encode(), hashlib.sha256).hexdigest()
-    return f"{user_id}.{mac}"
+def _signer(keys: Sequence[str]) -> TimestampSigner:
+    # itsdangerous signs with the last key of its list and verifies with any of them.
+    return TimestampSigner(list(reversed(keys)), salt=COOKIE_SALT,
+                           digest_method=hashlib.sha256)
 
 
-def verify(cookie: str, secret: str) -> int | None:
-    user_id, _, _ = cookie.partition(".")
-    if not user_id.isdigit() or not hmac.compare_digest(cookie, sign(int(user_id), secret)):
+def sign(user_id: int, keys: Sequence[str]) -> str:
+    """A session cookie's value: the user id, timestamped, signed with the first key."""
+    return _signer(keys).sign(str(user_id)).decode()
+
+
+def verify(cookie: str, keys: Sequence[str]) -> int | None:
+    """The user id of a cookie signed with any of the keys, younger than the cookie's
+    max age; None for anything else (a malformed cookie is no session, never an error)."""
+    try:
+        return int(_signer(keys).unsign(cookie, max_age=COOKIE_MAX_AGE))
+    except (BadData, UnicodeError, ValueError):
         return None
-    return int(user_id)
 
 
 def bearer_key(headers) -> str | None:
@@ -40,7 +56,7 @@ def bearer_key(headers) -> str | None:
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
 
-def authenticate(session: Session, *, headers, cookies, secret: str) -> User | None:
+def authenticate(session: Session, *, headers, cookies, keys: Sequence[str]) -> User | None:
     """The caller named by an API key or a valid session cookie, else None.
     Raises 401 for a key that matches nobody."""
     key = bearer_key(headers)
@@ -49,30 +65,76 @@ def authenticate(session: Session, *, headers, cookies, secret: str) -> User | N
         if user is None:
             raise APIError(401, "invalid API key", code="invalid_api_key")
         return user
-    user_id = verify(cookies.get(COOKIE, ""), secret)
+    user_id = verify(cookies.get(COOKIE, ""), keys)
     return session.get(User, user_id) if user_id is not None else None
 
 
-def new_anonymous_user(session: Session) -> User:
-    return users.create_user(session, handle=f"anon-{secrets.token_hex(6)}")
+def cookie_header(user: User, connection: HTTPConnection) -> str:
+    """A new session's Set-Cookie. Secure when the connection came over HTTPS, directly or
+    through a proxy the settings trust (`forwarded_allow_ips`)."""
+    value = sign(user.id, connection.app.state.settings.session_keys)
+    secure = "; Secure" if connection.url.scheme in ("https", "wss") else ""
+    return f"{COOKIE}={value}; Max-Age={COOKIE_MAX_AGE}; Path=/; HttpOnly; SameSite=Lax{secure}"
 
 
-def cookie_header(user: User, secret: str) -> str:
-    return (f"{COOKIE}={sign(user.id, secret)}; Max-Age={COOKIE_MAX_AGE}; Path=/; "
-            "HttpOnly; SameSite=Lax")
+NOBODY = 0  # no user has this id: what a caller without a session owns
 
 
-def current_user(request: Request, response: Response) -> User:
-    # A short unit of work of its own: a streaming route must not hold a connection
-    # for as long as it generates.
-    secret = request.app.state.settings.secret_key
-    with session_scope(request.app.state.db) as session:
-        user = authenticate(session, headers=request.headers, cookies=request.cookies,
-                            secret=secret)
-        if user is None:
-            user = new_anonymous_user(session)
-            response.headers.append("set-cookie", cookie_header(user, secret))
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as the request names them; finding out creates nothing."""
+
+    user: User | None  # None: a browser without a session (yet)
+    # The client's address, for callers without an API key: their answers are also
+    # metered per address (dropping the cookie does not reset the budget). None for a key.
+    metered_address: str | None
+
+    @property
+    def user_id(self) -> int | None:
+        return None if self.user is None else self.user.id
+
+
+def identify(connection: HTTPConnection) -> Caller:
+    """The caller of a request or websocket, in a short unit of work of its own (a
+    streaming route must not hold a connection for as long as it generates)."""
+    with session_scope(connection.app.state.db) as session:
+        user = authenticate(session, headers=connection.headers, cookies=connection.cookies,
+                            keys=connection.app.state.settings.session_keys)
+    keyed = bearer_key(connection.headers) is not None
+    address = connection.client.host if connection.client else "unknown"
+    return Caller(user, None if keyed else address)
+
+
+def new_session(connection: HTTPConnection) -> tuple[User, str]:
+    """A new anonymous user, committed, and the Set-Cookie header that names it."""
+    with session_scope(connection.app.state.db) as session:
+        user = users.create_user(session, handle=f"anon-{secrets.token_hex(6)}")
+    return user, cookie_header(user, connection)
+
+
+CallerDep = Annotated[Caller, Depends(identify)]
+
+
+async def caller_id(found: CallerDep) -> int:
+    """The caller's user id; NOBODY for a browser without a session, whose reads find
+    nothing and whose votes find no message of theirs."""
+    return NOBODY if found.user_id is None else found.user_id
+
+
+async def ensure_session(found: Caller, connection: HTTPConnection,
+                         response: Response) -> User:
+    """The caller's user, or for a browser without a session a new one, whose cookie
+    goes on `response`: what a write is recorded under."""
+    if found.user is not None:
+        return found.user
+    user, cookie = await asyncio.to_thread(new_session, connection)
+    response.headers.append("set-cookie", cookie)
     return user
+
+
+async def current_user(found: CallerDep, request: Request, response: Response) -> User:
+    """The caller, starting a session for a browser without one (`GET /api/me`)."""
+    return await ensure_session(found, request, response)
 
 
 def operator(request: Request) -> User:
@@ -81,11 +143,12 @@ def operator(request: Request) -> User:
                        code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
     with session_scope(request.app.state.db) as session:
         user = authenticate(session, headers=request.headers, cookies={},
-                            secret=request.app.state.settings.secret_key)
+                            keys=request.app.state.settings.session_keys)
     if user.role not in (Role.operator, Role.admin):
         raise APIError(403, "this route is for operators", code="forbidden")
     return user
 
 
+CallerId = Annotated[int, Depends(caller_id)]
 CurrentUser = Annotated[User, Depends(current_user)]
 Operator = Annotated[User, Depends(operator)]

@@ -2,6 +2,7 @@
 into the model's window, stream an answer from the engine, and record it."""
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,6 +19,16 @@ from server.metrics import Metrics
 from server.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
+
+_ONCE = ""  # _overhead's name for the template's tokens once a prompt
+# How the template's tokens around one message of a role are measured: the render of the
+# second conversation less that of the first (empty messages, in an order every template
+# takes).
+_PROBES = {
+    "system": (("user",), ("system", "user")),
+    "user": (("user", "assistant"), ("user", "assistant", "user")),
+    "assistant": (("user",), ("user", "assistant")),
+}
 
 
 @dataclass
@@ -38,24 +49,74 @@ class ChatService:
                  adapters: AdapterManager, metrics: Metrics, max_context: int):
         self.db, self.engine, self.tokenizer = db, engine, tokenizer
         self.adapters, self.metrics, self.max_context = adapters, metrics, max_context
+        self._overheads: dict[str, int] = {}  # see _overhead
 
     # -- prompts ---------------------------------------------------------------------------
 
     def prompt_ids(self, messages: list[dict], max_tokens: int) -> list[int]:
         """The chat-templated prompt. Turns beyond the model's window are dropped oldest
-        first (a system prompt is kept); the answer keeps room for `max_tokens`."""
+        first, up to the next user turn so the prompt still starts with the user (a system
+        prompt is kept); the answer keeps room for `max_tokens`.
+
+        Linear in the conversation, never quadratic: the cut comes from running totals of
+        each turn's tokens (newest first, and only as far back as the window reaches) plus
+        the template's tokens around it, and the template renders just the turns kept. The
+        count is exact for templates whose tokens add up; where they do not, a render or
+        two more moves the cut to where the whole render fits."""
         system = [m for m in messages[:1] if m["role"] == "system"]
         turns = messages[len(system):]
         budget = self.max_context - min(max_tokens, self.max_context // 2)
-        while True:
-            ids = self.tokenizer.apply_chat_template(
-                system + turns, add_generation_prompt=True, tokenize=True, return_dict=False)
-            if len(ids) <= budget:
-                return list(ids)
-            if len(turns) <= 1:
-                raise APIError(413, f"the message needs {len(ids)} tokens; the model's window "
-                               f"leaves room for {budget}", code="context_length_exceeded")
-            turns = _drop_oldest_exchange(turns)
+        # estimated[s]: the prompt's tokens when turns[s:] are kept.
+        estimated = [math.inf] * len(turns) + [
+            self._overhead(_ONCE) + sum(self._tokens(m) for m in system)]
+        for s in range(len(turns) - 1, -1, -1):
+            if estimated[s + 1] > budget:
+                break
+            estimated[s] = estimated[s + 1] + self._tokens(turns[s])
+        starts = _thread_starts(turns)
+        k = next((k for k, s in enumerate(starts) if estimated[s] <= budget), len(starts) - 1)
+        ids = self._render(system + turns[starts[k]:])
+        while len(ids) > budget and k + 1 < len(starts):  # the count ran low
+            k += 1
+            ids = self._render(system + turns[starts[k]:])
+        if len(ids) > budget:
+            raise APIError(413, f"the message needs {len(ids)} tokens; the model's window "
+                           f"leaves room for {budget}", code="context_length_exceeded")
+        while k > 0 and len(ids) < estimated[starts[k]]:  # it ran high: more may fit
+            earlier = self._render(system + turns[starts[k - 1]:])
+            if len(earlier) > budget:
+                break
+            k, ids = k - 1, earlier
+        return ids
+
+    def check_max_tokens(self, max_tokens: int) -> None:
+        """An answer cannot outgrow the model's window: asking for more is refused (as
+        OpenAI refuses it), not quietly cut."""
+        if max_tokens > self.max_context:
+            raise APIError(422, f"max_tokens is {max_tokens}; the model's window holds "
+                           f"{self.max_context} tokens", code="invalid_request")
+
+    def _render(self, messages: list[dict], generation: bool = True) -> list[int]:
+        return list(self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=generation, tokenize=True, return_dict=False))
+
+    def _tokens(self, message: dict) -> int:
+        """A message's tokens in the prompt: its text's and the template's around it."""
+        return self.count_tokens(message["content"]) + self._overhead(message["role"])
+
+    def _overhead(self, role: str) -> int:
+        """The tokens the chat template adds around a message of `role` (_ONCE: those it
+        adds once a prompt, before the first message and for the answer), measured on
+        empty messages the first time they are needed."""
+        if role not in self._overheads:
+            if role == _ONCE:
+                size = len(self._render(_empty("user"))) - self._overhead("user")
+            else:
+                before, after = _PROBES[role]
+                size = (len(self._render(_empty(*after), generation=False))
+                        - len(self._render(_empty(*before), generation=False)))
+            self._overheads[role] = size
+        return self._overheads[role]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -159,13 +220,15 @@ class ChatService:
                                            candidate_ids=candidate_ids).id
 
 
-def _drop_oldest_exchange(turns: list[dict]) -> list[dict]:
-    """Drop the oldest turn, and then up to the next user turn, so the prompt still
-    starts with the user."""
-    rest = turns[1:]
-    while len(rest) > 1 and rest[0]["role"] != "user":
-        rest = rest[1:]
-    return rest
+def _thread_starts(turns: list[dict]) -> list[int]:
+    """Where a kept thread may start, oldest first: the first turn, then each user turn
+    (and the last turn, whatever its role)."""
+    return [i for i, m in enumerate(turns)
+            if i in (0, len(turns) - 1) or m["role"] == "user"] or [0]
+
+
+def _empty(*roles: str) -> list[dict]:
+    return [{"role": role, "content": ""} for role in roles]
 
 
 def _continuation(session, conversation_id: int) -> int | None:

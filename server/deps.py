@@ -1,4 +1,5 @@
-"""The long-lived serving objects, built once in the lifespan, as FastAPI dependencies."""
+"""The long-lived serving objects, built once in the lifespan, as FastAPI dependencies
+(async: reading an attribute needs no worker thread, which may all be busy)."""
 
 from typing import Annotated
 
@@ -11,23 +12,23 @@ from server.limits import RateLimiter
 from server.metrics import Metrics
 
 
-def get_chat(request: Request) -> ChatService:
+async def get_chat(request: Request) -> ChatService:
     return request.app.state.chat
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_adapters(request: Request) -> AdapterManager:
+async def get_adapters(request: Request) -> AdapterManager:
     return request.app.state.adapters
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
+async def get_rate_limiter(request: Request) -> RateLimiter:
     return request.app.state.rate_limiter
 
 

@@ -8,7 +8,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feedback.errors import InvalidFeedback, NotFound, RegistryError
@@ -32,6 +33,13 @@ ERROR_TYPES = {
 # What a database refuses to store is the request's fault, e.g. a NUL character in a text
 # (PostgreSQL) or a number beyond its column.
 UNSTORABLE = "the request holds a value the database cannot store (e.g. a NUL character)"
+
+
+# The database saturated (no pooled connection, or SQLite's write lock, within the
+# settings' `db_wait_s`) or unreachable: nothing is wrong with the request; retry it.
+DATABASE_BUSY = (PoolTimeout, OperationalError)
+DATABASE_BUSY_MESSAGE = "the database is busy; retry shortly"
+DATABASE_RETRY_AFTER = {"Retry-After": "2"}
 
 
 class APIError(Exception):
@@ -73,6 +81,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DataError)
     async def unstorable(_: Request, e: DataError):
         return error_response(422, UNSTORABLE, "unstorable_value")
+
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(OperationalError)
+    async def database_busy(request: Request, e: Exception):
+        log.warning("database busy on %s %s: %s", request.method, request.url.path,
+                    str(e).splitlines()[0])
+        return error_response(503, DATABASE_BUSY_MESSAGE, "database_busy",
+                              DATABASE_RETRY_AFTER)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, e: RequestValidationError):

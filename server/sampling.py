@@ -4,6 +4,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+# As OpenAI: up to 4 stop strings; each short (the stream holds back what may begin one).
+MAX_STOPS, MAX_STOP_CHARS = 4, 100
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -22,8 +25,10 @@ class SamplingParams:
             raise ValueError("temperature must be between 0 and 2")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top_p must be in (0, 1]")
-        if len(self.stop) > 4 or any(not s for s in self.stop):
-            raise ValueError("stop takes up to 4 non-empty strings")
+        if len(self.stop) > MAX_STOPS or any(not 0 < len(s) <= MAX_STOP_CHARS
+                                             for s in self.stop):
+            raise ValueError(f"stop takes up to {MAX_STOPS} non-empty strings of at most "
+                             f"{MAX_STOP_CHARS} characters")
         if self.seed is not None and not -(2**31) <= self.seed < 2**31:
             # the feedback store keeps each answer's seed in a 32-bit INTEGER column
             raise ValueError("seed must be a signed 32-bit integer")

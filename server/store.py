@@ -1,23 +1,30 @@
-"""The feedback store as a FastAPI dependency: one unit of work per request, committed
-before the response is sent (an acknowledged vote is on disk)."""
+"""The feedback store as a FastAPI dependency.
 
-from collections.abc import Iterator
+A route takes the engine (`Store`) and does its whole unit of work in one block of its
+sync body, which FastAPI runs in one worker thread:
+
+    with session_scope(db) as session:
+        ...  # queries; committed when the block ends, before the response goes out
+
+Opening the session, the work and the commit happen in that one thread call, so an
+acknowledged vote is on disk, and no request holds a connection or SQLite's write lock
+while it waits for a second thread (a yield dependency commits in its teardown, another
+thread call: with every worker thread waiting on the lock or the pool, the holder could
+never commit).
+"""
+
 from typing import Annotated
 
 from annotated_types import Interval
 from fastapi import Depends, Request
-from sqlmodel import Session
-
-from feedback.db import session_scope
+from sqlalchemy import Engine
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with session_scope(request.app.state.db) as session:
-        yield session
+async def get_store(request: Request) -> Engine:  # async: no thread for an attribute
+    return request.app.state.db
 
 
-# scope="function": the commit runs when the route returns, before the response goes out.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+Store = Annotated[Engine, Depends(get_store)]
 
 # A row id as the database stores it (INTEGER: 32-bit on PostgreSQL): a larger number in a
 # path or a body is refused as invalid (422) instead of overflowing the database (500).

@@ -41,17 +41,19 @@ from flywheel.settings import Settings
 from trainer.annotators import record_annotator_quality
 from trainer.checkpoints import checkpoint_path, load_state, save_state, training_state_path
 from trainer.data import preference_pairs, user_prompts
+from trainer.demonstrations import demonstrations
+from trainer.dpo import DPOConfig
 from trainer.evaluate import EvalConfig, evaluate_candidate, render_markdown
-from trainer.ppo import PPOConfig, PPOState, prepare_policy, train_ppo
+from trainer.policy_stage import METHODS, PolicyRecipe, train_policy
+from trainer.ppo import PPOConfig, PPOState, prepare_policy
 from trainer.reward import (
     RewardConfig,
     RewardModel,
     current_reward_model,
-    new_version_dir,
-    promote_if_not_worse,
-    reward_models_dir,
+    register_reward_model,
     train_reward_model,
 )
+from trainer.sft import SFTConfig
 
 log = logging.getLogger(__name__)
 LEASE = "cycle"
@@ -65,14 +67,22 @@ class CycleConfig:
     eval_share: float = 0.2  # of those, held out for the candidate's evaluation
     lease_ttl_s: float = 120.0  # a cycle whose worker stops renewing for this long is dead
     seed: int = 0
+    method: str = "ppo"  # how the policy learns: "ppo", "dpo" or "online_dpo"
+    min_demonstrations: int = 20  # rewrites before a cycle starts with SFT on them
     reward: RewardConfig = field(default_factory=RewardConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # for "dpo" and "online_dpo"
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def policy_recipe(self) -> PolicyRecipe:
+        return PolicyRecipe(self.method, self.min_demonstrations, self.sft, self.ppo, self.dpo)
 
 
 def cycle_config_from(settings: Settings) -> CycleConfig:
     """The cycle's recipe: the defaults, overridden by `settings.cycle_config` (a JSON file
-    of sections: top-level fields, "reward", "ppo", "eval"), with clear errors."""
+    of sections: top-level fields, "reward", "sft", "ppo", "dpo", "eval"), with clear
+    errors."""
     config = CycleConfig(min_new_feedback=settings.cycle_min_feedback)
     if settings.cycle_config is None:
         return config
@@ -83,7 +93,8 @@ def cycle_config_from(settings: Settings) -> CycleConfig:
         raise FlywheelError(f"cycle config {path}: {e}") from None
     if not isinstance(overrides, dict):
         raise FlywheelError(f"cycle config {path}: expected a JSON object")
-    sections = {"reward": config.reward, "ppo": config.ppo, "eval": config.eval}
+    sections = {"reward": config.reward, "sft": config.sft, "ppo": config.ppo,
+                "dpo": config.dpo, "eval": config.eval}
     try:
         for name, value in overrides.items():
             if name in sections:
@@ -94,6 +105,9 @@ def cycle_config_from(settings: Settings) -> CycleConfig:
                 config = replace(config, **{name: value})
     except (TypeError, ValueError) as e:  # an unknown field, a section not an object
         raise FlywheelError(f"cycle config {path}: {e}") from None
+    if config.method not in METHODS:
+        raise FlywheelError(f"cycle config {path}: unknown method {config.method!r} "
+                            f"(expected one of {', '.join(METHODS)})")
     return replace(config, **sections)
 
 
@@ -165,9 +179,11 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
     # 1. The data and the reward model, or, for a resumed run, what it had when it was killed.
     checkpoint = checkpoint_path(settings.data_dir, run_id)
     resumed = load_state(checkpoint)
+    pairs, demos = [], []
     if resumed is None:
-        reward_model, rm_dir, train_prompts, eval_prompts = _reward_stage(
+        reward_model, rm_dir, train_prompts, eval_prompts, pairs = _reward_stage(
             settings, engine, config, progress)
+        demos = demonstrations(engine, seed=config.seed)
         with session_scope(engine) as session:
             live = registry.live_adapter(session)
             live_version = live.version if live else None
@@ -182,29 +198,24 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
         adapter_weights = saved["adapter"]
         reward_model = RewardModel.load(rm_dir, models_dir=settings.models_dir)
 
-    # 2. PPO on LoRA, warm-started from the live adapter and the training state it ended
-    #    with; the base model (adapter off) is the KL reference. Checkpoints on the way.
+    # 2. The policy (SFT on rewrites when there are enough, then the recipe's method),
+    #    warm-started from the live adapter and, for PPO, the training state it ended
+    #    with; the base model (adapter off) is the KL reference. PPO checkpoints.
     loaded = load_model(settings.model, models_dir=settings.models_dir)
     store = AdapterStore(settings.adapters_dir)
     policy = prepare_policy(loaded.model, config.ppo, store=store, warm_start=live_version)
     if adapter_weights is not None:
         set_peft_model_state_dict(policy, adapter_weights)
-    steps: list[dict] = list(ppo_state.metrics) if ppo_state else []
-
-    def on_step(step: dict) -> None:
-        steps.append(step)
-        progress("ppo", {"steps": steps})
 
     def keep(state: PPOState) -> None:  # all that a resume needs, in one atomic file
         save_state(checkpoint, state, adapter=get_peft_model_state_dict(policy),
                    metrics=metrics, reward_model=str(rm_dir), parent=live_version,
                    train_prompts=train_prompts, eval_prompts=eval_prompts)
 
-    result = train_ppo(policy, loaded.tokenizer, train_prompts,
-                       lambda p, c: reward_model.score(p, c), config.ppo, on_step=on_step,
-                       state=ppo_state, checkpoint=keep)
-    progress("ppo", {"steps": steps, "stop_reason": result.stop_reason,
-                     "timings": result.timings})
+    result = train_policy(policy, loaded.tokenizer, config.policy_recipe(),
+                          prompts=train_prompts, pairs=pairs, demonstrations=demos,
+                          reward_fn=lambda p, c: reward_model.score(p, c), progress=progress,
+                          ppo_state=ppo_state, checkpoint=keep)
 
     # 3. Evaluate against the live adapter (or the base model) on held-out prompts.
     baseline = None
@@ -214,18 +225,20 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
     report = evaluate_candidate(result.model, loaded.tokenizer, reward_model, eval_prompts,
                                 candidate="default", baseline=baseline, config=config.eval)
     version = store.next_version()  # ours alone: we hold the cycle lease
-    report.update(candidate=version, baseline=live_version or "base", method="ppo",
-                  reward_model=rm_dir.name, parent=live_version)
+    report.update(candidate=version, baseline=live_version or "base", method=result.method,
+                  sft_steps=result.sft_steps, reward_model=rm_dir.name, parent=live_version)
 
     # 4. Store the adapter (atomically) and the state its training ended with (the next
     #    cycle's warm start), then register it as a candidate with its report.
-    save_state(training_state_path(settings.data_dir, version), result.state)
+    if result.state is not None:
+        save_state(training_state_path(settings.data_dir, version), result.state)
     with session_scope(engine) as session:
         stored = store.save(result.model, version, adapter_name="default",
                             parent=live_version, base_model=settings.model)
         registry.register_adapter(session, version=version, base_model=settings.model,
                                   path=str(stored.path.resolve()), sha256=stored.sha256,
-                                  parent_version=live_version, status="candidate")
+                                  parent_version=live_version, status="candidate",
+                                  reward_model_version=rm_dir.name)
         registry.set_eval_report(session, version=version,
                                  report={**report, "markdown": render_markdown(report)})
         summary = {**metrics, "eval": {k: v for k, v in report.items() if k != "samples"}}
@@ -237,13 +250,15 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
 
 
 def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progress
-                  ) -> tuple[RewardModel, Path, list, list]:
-    """Read the data and train the reward model: (the reward model PPO will use, its
-    directory, the training prompts, the held-out evaluation prompts).
+                  ) -> tuple[RewardModel, Path, list, list, list]:
+    """Read the data and train the reward model: (the reward model the policy will learn
+    from, its directory, the training prompts, the held-out evaluation prompts, the
+    training pairs).
 
     All the data is read at once, at the start of the run's window: what arrives while the
     cycle trains waits for the next one (and a replay of the log up to the window's end
     sees what the cycle saw)."""
+    until = utcnow().isoformat()  # the reward model sees every vote to date
     split = preference_pairs(engine, seed=config.seed)
     prompts = user_prompts(engine, limit=config.prompt_limit, seed=config.seed)
 
@@ -253,21 +268,24 @@ def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progr
     if len(split.train) < config.min_pairs:
         raise ValueError(f"{len(split.train)} preference pairs; the reward model needs "
                          f"{config.min_pairs}")
-    rm_root = reward_models_dir(settings.data_dir)
-    previous = current_reward_model(rm_root)
+    previous = current_reward_model(engine, settings.data_dir)
     recipe = replace(config.reward, models_dir=config.reward.models_dir or settings.models_dir,
                      base_model=config.reward.base_model or settings.model)
     reward_model, rm_metrics = train_reward_model(split.train, split.heldout, recipe,
                                                   train_labels=split.train_labels,
                                                   warm_start=previous)
-    rm_dir = reward_model.save(new_version_dir(rm_root))
-    kept = promote_if_not_worse(rm_dir, previous, split.heldout)
-    progress("reward", {**rm_metrics, "version": rm_dir.name, "replaced_current": kept,
+    registered = register_reward_model(
+        engine, reward_model, data_dir=settings.data_dir, validation_pairs=split.heldout,
+        data_window={"since": None, "until": until, "pairs": len(split.train),
+                     "heldout_pairs": len(split.heldout), "labels": len(split.train_labels)},
+        actor="scheduler", models_dir=recipe.models_dir)
+    progress("reward", {**rm_metrics, "version": registered.version,
+                        "replaced_current": registered.kept,
                         "previous_version": previous.name if previous else None,
                         "pairs": len(split.train), "heldout_pairs": len(split.heldout)})
-    if not kept:
-        reward_model = RewardModel.load(previous, models_dir=settings.models_dir)
-        rm_dir = previous
+    rm_dir = registered.in_use
+    if not registered.kept:
+        reward_model = RewardModel.load(rm_dir, models_dir=settings.models_dir)
     try:  # each user's agreement with it: the weights of their votes from now on
         record_annotator_quality(engine, reward_model, version=rm_dir.name)
     except Exception:  # worth a warning, not the cycle
@@ -275,7 +293,7 @@ def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progr
 
     # Some real user prompts are kept back for the evaluation.
     cut = max(1, int(len(prompts) * config.eval_share))
-    return reward_model, rm_dir, prompts[cut:] or prompts, prompts[:cut]
+    return reward_model, rm_dir, prompts[cut:] or prompts, prompts[:cut], split.train
 
 
 def _auto_promote(settings: Settings, engine: Engine, version: str, report: dict) -> None:

@@ -31,7 +31,7 @@ from flywheel.errors import FlywheelError
 from flywheel.model_loading import load_model
 from flywheel.settings import Settings
 from trainer.ppo import encode_prompt
-from trainer.reward import RewardModel, current_reward_model, reward_models_dir
+from trainer.reward import RewardModel, current_reward_model
 from trainer.sampling import sampling_kwargs
 
 Messages = list[dict[str, str]]
@@ -62,17 +62,21 @@ def replay_answers(settings: Settings, log_path: str | Path, *, adapter: str,
     config = config or ReplayConfig()
     started = time.perf_counter()
     logged = logged_answers(log_path, limit=limit)
-    rm_dir = current_reward_model(reward_models_dir(settings.data_dir))
+    registry = open_store(settings.db_url, event_log=settings.event_log_path)
+    try:
+        rm_dir = current_reward_model(registry, settings.data_dir)
+    finally:
+        registry.dispose()
     if rm_dir is None:
-        raise FlywheelError(f"no reward model in {reward_models_dir(settings.data_dir)}: run a "
-                            "cycle or `flywheel train reward` first")
+        raise FlywheelError("no current reward model in the registry: run a cycle or "
+                            "`flywheel train reward` first")
     store = AdapterStore(settings.adapters_dir)
     store.verify(adapter)  # before the model loads: a wrong version fails at once
     loaded = load_model(settings.model, models_dir=settings.models_dir)
     policy = store.load(loaded.model, adapter, adapter_name="default")
     prompts = [answer.prompt for answer in logged]
     answers = _generate(policy, loaded.tokenizer, prompts, config, on_progress)
-    reward_model = RewardModel.load(rm_dir)
+    reward_model = RewardModel.load(rm_dir, models_dir=settings.models_dir)
     old = reward_model.score(prompts, [answer.content for answer in logged]).tolist()
     new = reward_model.score(prompts, answers).tolist()
     rows = [{"message_id": answer.message_id, "logged_adapter": answer.adapter_version,

@@ -8,9 +8,12 @@ the same seed give the same metrics (exactly, on CPU).
    does not leak in.
 3. A temporary data directory: the configured models directory (the same base weights);
    the adapter the run started from (the parent of the candidate it made; for a run that
-   made none, the adapter live at `until`), copied from the configured adapter store and
-   made the live one, else none is live and the cycle starts from the base model; the
-   reward model that was current then (`reward.previous_version`), if still there.
+   made none, the adapter live at `until`), copied from the configured adapter store with
+   the training state PPO continues from, and made the live one, else none is live and the
+   cycle starts from the base model; the reward model that was current then
+   (`reward.previous_version`), copied from where the registry says it is (else from the
+   configured data directory) and made the current one of the rebuilt registry, else none
+   is current.
 4. The cycle, forced, with the logged configuration; `seed` replaces its seeds (the
    cycle's, and those of its reward model, PPO and evaluation).
 5. Every figure compared, except those that measure the machine rather than the training
@@ -30,17 +33,21 @@ from typing import Any
 from sqlalchemy import update
 
 from feedback.db import open_store, session_scope
+from feedback.errors import NotFound
 from feedback.formats import FormatError, Progress, iter_lines, parse_json
 from feedback.logformat import from_log, is_log_header
-from feedback.models import Adapter, AdapterStatus
+from feedback.models import Adapter, AdapterStatus, RewardModelStatus, RewardModelVersion
 from feedback.queries.adapters import live_adapter
+from feedback.queries.reward_models import get_reward_model, register_reward_model
 from feedback.replay import replay_log
 from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
+from trainer.checkpoints import training_state_path
 from trainer.cycle import CycleConfig, run_cycle
 from trainer.evaluate import EvalConfig
 from trainer.ppo import PPOConfig
-from trainer.reward import RewardConfig, reward_models_dir, set_current
+from trainer.reward import RewardConfig, model_files, reward_models_dir
+from trainer.reward.model import CONFIG_FILE
 
 NAMES = {"reward.version", "eval.candidate"}  # what the run named, not what it measured
 
@@ -85,7 +92,7 @@ def reproduce_cycle(settings: Settings, log_path: str | Path, *, run_id: int | N
                 (data_dir / "models").symlink_to(settings.models_dir.resolve())
             parent = made["parent_version"] if made else _live_at_until(engine)
             notes += _warm_start(engine, settings, local, parent)
-            notes += _current_reward_model(settings, local, run["metrics"])
+            notes += _current_reward_model(engine, settings, local, run["metrics"])
             if made and made["base_model"] != settings.model:
                 notes.append(f"the run trained on {made['base_model']!r}; this one on "
                              f"{settings.model!r}")
@@ -170,12 +177,17 @@ def _live_at_until(engine) -> str | None:
 
 
 def _warm_start(engine, settings: Settings, local: Settings, parent: str | None) -> list[str]:
-    """Make `parent` the live adapter of the rebuilt store, its files copied over; or, if
-    they are not in the configured adapter store, no adapter live (the base model)."""
+    """Make `parent` the live adapter of the rebuilt store, its files (and the training
+    state PPO continues from) copied over; or, if they are not in the configured adapter
+    store, no adapter live (the base model)."""
     source = settings.adapters_dir / parent if parent else None
     present = source is not None and source.is_dir()
     if present:
         shutil.copytree(source, local.adapters_dir / parent)
+        state = training_state_path(settings.data_dir, parent)
+        if state.is_file():
+            training_state_path(local.data_dir, parent).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(state, training_state_path(local.data_dir, parent))
     with session_scope(engine) as session:
         session.exec(update(Adapter).where(Adapter.status == AdapterStatus.live)
                      .values(status=AdapterStatus.retired))
@@ -188,17 +200,40 @@ def _warm_start(engine, settings: Settings, local: Settings, parent: str | None)
     return []
 
 
-def _current_reward_model(settings: Settings, local: Settings, metrics: dict) -> list[str]:
+def _current_reward_model(engine, settings: Settings, local: Settings,
+                          metrics: dict) -> list[str]:
+    """Make `previous`, the reward model current when the run began, the current one of
+    the rebuilt registry (registered there if the log lacks it), its files copied over;
+    or, if they are gone, none current."""
     previous = metrics.get("reward", {}).get("previous_version")
+    with session_scope(engine) as session:
+        session.exec(update(RewardModelVersion)
+                     .where(RewardModelVersion.status == RewardModelStatus.current)
+                     .values(status=RewardModelStatus.retired))
     if previous is None:
         return []
-    source = reward_models_dir(settings.data_dir) / previous
-    if not source.is_dir():
+    try:
+        with session_scope(engine) as session:
+            source = model_files(get_reward_model(session, version=previous),
+                                 settings.data_dir)
+            registered = True
+    except NotFound:  # an export holds a row's last state only, which may be after `until`
+        source, registered = reward_models_dir(settings.data_dir) / previous, False
+    if source is None or not (source / CONFIG_FILE).is_file():
         return [f"reward model {previous}, current when the run began, is not in "
-                f"{source.parent}: the new one is kept whatever it scores"]
+                f"{reward_models_dir(settings.data_dir)}: the new one is kept whatever it "
+                "scores"]
     target = reward_models_dir(local.data_dir) / previous
     shutil.copytree(source, target)
-    set_current(target.parent, target)
+    with session_scope(engine) as session:
+        if registered:
+            session.exec(update(RewardModelVersion)
+                         .where(RewardModelVersion.version == previous)
+                         .values(path=str(target), status=RewardModelStatus.current))
+        else:
+            backbone = json.loads((target / CONFIG_FILE).read_text())["backbone"]
+            register_reward_model(session, version=previous, path=str(target),
+                                  backbone=backbone, actor="reproduce")
     return []
 
 

@@ -1,7 +1,7 @@
 // The operator console: adapters (status, evaluation report, sample answer pairs, live
 // win rate with its interval, canary share), approve / reject / promote / roll back with
-// confirmation, feedback volume and reward-model accuracy charts, the annotators, the
-// feedback browser, and training runs with their step logs and charts.
+// confirmation, feedback volume and reward-model accuracy charts, the reward models, the
+// annotators, the feedback browser, and training runs with their step logs and charts.
 import { annotatorsPanel } from "./annotators.js";
 import { api, describeError, h } from "./api.js";
 import {
@@ -9,6 +9,7 @@ import {
 } from "./charts.js";
 import { feedbackBrowser } from "./feedback-browser.js";
 import { renderMarkdown } from "./markdown.js";
+import { rewardModelsPanel } from "./reward-models.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY = "flywheel-operator-key";
@@ -197,6 +198,10 @@ async function loadRuns() {
 
 const browser = feedbackBrowser({ api: operatorApi });
 
+async function loadRewardModels() {
+  $("reward-models").replaceChildren(await rewardModelsPanel({ api: operatorApi }));
+}
+
 async function loadAnnotators() {
   $("annotators").replaceChildren(await annotatorsPanel({ api: operatorApi,
     onUser: browser.showUser }));
@@ -211,8 +216,8 @@ function showSections(shown) {
 async function refresh() {
   if (!key) return;
   try {
-    await Promise.all([loadAdapters(), loadRuns(), loadVolume(), loadAnnotators(),
-      browser.load()]);
+    await Promise.all([loadAdapters(), loadRuns(), loadVolume(), loadRewardModels(),
+      loadAnnotators(), browser.load()]);
     showSections(true);
     $("banner").hidden = true;
   } catch (error) {

@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from feedback.errors import NotFound, RegistryError
-from feedback.models import Adapter, AdapterStatus, AuditEvent, utcnow
+from feedback.models import Adapter, AdapterStatus, AuditEvent, RewardModelVersion, utcnow
 
 S = AdapterStatus
 TRANSITIONS: dict[AdapterStatus, tuple[AdapterStatus, ...]] = {
@@ -48,8 +48,10 @@ def _find(session: Session, version: str) -> Adapter | None:
 
 def register_adapter(session: Session, *, version: str, base_model: str, path: str,
                      sha256: str, parent_version: str | None = None,
-                     status: str = AdapterStatus.training) -> Adapter:
-    """Record a new adapter version. Versions are immutable: registering one twice fails."""
+                     status: str = AdapterStatus.training,
+                     reward_model_version: str | None = None) -> Adapter:
+    """Record a new adapter version (and the reward model that trained it). Versions are
+    immutable: registering one twice fails."""
     status = _status(status)
     if status not in (S.training, S.candidate):
         raise RegistryError(f"a new adapter starts as training or candidate, not {status}")
@@ -61,8 +63,12 @@ def register_adapter(session: Session, *, version: str, base_model: str, path: s
         raise RegistryError(f"adapter {version} already exists (a version is never reused)")
     if parent_version is not None and _find(session, parent_version) is None:
         raise RegistryError(f"parent adapter {parent_version} is not registered")
+    if reward_model_version is not None and session.exec(select(RewardModelVersion).where(
+            RewardModelVersion.version == reward_model_version)).first() is None:
+        raise RegistryError(f"reward model {reward_model_version} is not registered")
     adapter = Adapter(version=version, base_model=base_model, path=path, sha256=sha256,
-                      parent_version=parent_version, status=status)
+                      parent_version=parent_version, status=status,
+                      reward_model_version=reward_model_version)
     session.add(adapter)
     session.flush()
     return adapter
@@ -142,7 +148,7 @@ def rollback(session: Session, *, actor: str, actor_id: int | None = None) -> Ad
     """Bring back the adapter that was live before the current one and retire the current
     one. Adapters retired by a rollback are skipped, so a second rollback goes one more
     step back instead of returning to the adapter just rolled back."""
-    target = _rollback_target(session)
+    target = rollback_target(session)
     if target is None:
         raise RegistryError("nothing to roll back to: no adapter was retired by a promotion")
     current = live_adapter(session)
@@ -153,7 +159,7 @@ def rollback(session: Session, *, actor: str, actor_id: int | None = None) -> Ad
                  detail={"rolled_back": current.version if current else None})
 
 
-def _rollback_target(session: Session) -> Adapter | None:
+def rollback_target(session: Session) -> Adapter | None:
     """The retired adapter whose retirement (its latest "retire" or "rollback" event) is
     the most recent one that was not a rollback."""
     retired = {a.version: a for a in list_adapters(session, status=S.retired)}

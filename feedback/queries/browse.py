@@ -31,6 +31,7 @@ class FeedbackKind(StrEnum):
 
 KINDS = tuple(FeedbackKind)
 BASE = "base"  # the adapter filter's name for answers of the base model (no adapter)
+MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
 _SINGLE = {  # kinds about one answer: (table, the column that dates the vote)
     FeedbackKind.rating: (Rating, Rating.updated_at),
     FeedbackKind.rewrite: (Rewrite, Rewrite.created_at),
@@ -86,15 +87,19 @@ def encode_cursor(key: tuple[datetime, int, int]) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int, int]:
+    """The key a cursor names; a cursor this server could not have handed out (a far
+    timezone, an id beyond the tables' INTEGER ids) is refused, never sent to the database."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, rank, item_id = raw.split("|")
-        key = datetime.fromisoformat(stamp), int(rank), int(item_id)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
+        time, rank, item_id = datetime.fromisoformat(stamp), int(rank), int(item_id)
+        if time.tzinfo is not None:
+            time = time.astimezone(UTC)  # an offset past the calendar's ends overflows
+    except (ValueError, OverflowError, UnicodeDecodeError, binascii.Error):
         raise InvalidFeedback("cursor is not one this server handed out") from None
-    if key[0].tzinfo is None or not 0 <= key[1] < len(KINDS):
+    if time.tzinfo is None or not 0 <= rank < len(KINDS) or not 1 <= item_id <= MAX_ID:
         raise InvalidFeedback("cursor is not one this server handed out")
-    return key
+    return time, rank, item_id
 
 
 def _after(stamp, id_column, rank: int, cursor: tuple[datetime, int, int] | None):

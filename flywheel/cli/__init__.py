@@ -11,7 +11,16 @@ from typing import Annotated
 import typer
 
 from flywheel import __version__
-from flywheel.cli import adapters, loop, replay, serving, simulate, store, training
+from flywheel.cli import (
+    adapters,
+    loop,
+    replay,
+    reward_models,
+    serving,
+    simulate,
+    store,
+    training,
+)
 from flywheel.cli.common import FlywheelGroup
 
 app = typer.Typer(cls=FlywheelGroup, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -39,6 +48,7 @@ app.command("cycle")(loop.cycle)
 app.command("replay")(replay.replay)
 app.add_typer(loop.runs_app, name="runs")
 app.add_typer(adapters.adapters_app, name="adapters")
+app.add_typer(reward_models.reward_models_app, name="reward-models")
 app.add_typer(store.users_app, name="users")
 app.add_typer(store.feedback_app, name="feedback")
 app.add_typer(store.db_app, name="db")

@@ -1,5 +1,7 @@
 """Operator commands on the adapter registry. Servers pick changes up within their poll
-interval (`FLYWHEEL_ADAPTER_POLL_S`); every change is audited under `--actor`."""
+interval (`FLYWHEEL_ADAPTER_POLL_S`); every change is audited under `--actor`. An adapter
+is made live (promoted, rolled back to) only once its files in the adapter store
+(`--data-dir`) match the registry's checksum and its weights read back finite."""
 
 import getpass
 import json
@@ -54,7 +56,8 @@ def show(version: str, db: DbOption = None, data_dir: DataDirOption = None) -> N
         adapter = registry.get_adapter(session, version=version)
         events = registry.list_audit_events(session, adapter_version=version)
     typer.echo(_line(adapter))
-    typer.echo(f"path {adapter.path}\nsha256 {adapter.sha256}")
+    typer.echo(f"path {adapter.path}\nsha256 {adapter.sha256}\n"
+               f"reward model {adapter.reward_model_version or '-'}")
     if adapter.eval_report:
         typer.echo(json.dumps(adapter.eval_report, indent=2))
     for event in events:
@@ -64,6 +67,8 @@ def show(version: str, db: DbOption = None, data_dir: DataDirOption = None) -> N
 def _change(status: str | None, version: str | None, actor: str | None, db, data_dir) -> None:
     from feedback.db import session_scope
     from feedback.queries import adapters as registry
+    from flywheel.adapter_store import AdapterStore
+    from flywheel.errors import FlywheelError
 
     who = actor or f"cli:{getpass.getuser()}"
     with session_scope(_store(db, data_dir)) as session:
@@ -74,6 +79,13 @@ def _change(status: str | None, version: str | None, actor: str | None, db, data
         else:
             adapter = registry.set_adapter_status(session, version=version, status=status,
                                                   actor=who)
+        if adapter.status == "live":  # checked before the commit: a failure undoes it all
+            store = AdapterStore(settings_from(db=db, data_dir=data_dir).adapters_dir)
+            try:
+                store.verify(adapter.version, sha256=adapter.sha256)
+            except FlywheelError as e:
+                raise FlywheelError(f"{adapter.version} was not made live, as servers could "
+                                    f"not serve it: {e}") from None
     typer.echo(f"{adapter.version} is now {adapter.status}")
 
 

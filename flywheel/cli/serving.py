@@ -66,6 +66,8 @@ def run_server(settings) -> None:
     from server.app import create_app
 
     open_store(settings.db_url).dispose()  # a bad --db fails here, as one line
+    settings.resolved_secret_key()  # and so does a short or empty secret key
     configure_logging(settings.log_format)
+    # proxy_headers off: the app itself trusts the proxies `forwarded_allow_ips` names.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_config=None, access_log=False, ws_max_size=1 << 20)
+                log_config=None, access_log=False, ws_max_size=1 << 20, proxy_headers=False)

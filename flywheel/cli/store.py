@@ -19,6 +19,7 @@ users_app = typer.Typer(no_args_is_help=True, help="Users and API keys.")
 class ExportFormat(StrEnum):
     dpo = "dpo"
     kto = "kto"
+    sft = "sft"
     log = "log"
 
 
@@ -57,8 +58,8 @@ def feedback_import(
 @feedback_app.command("export")
 def feedback_export(
     fmt: Annotated[ExportFormat, typer.Option(
-        "--format", help="dpo: TRL preference pairs; kto: TRL unpaired labels; log: every record, "
-        "for replay.")],
+        "--format", help="dpo: TRL preference pairs; kto: TRL unpaired labels; sft: rewrites "
+        "as TRL conversational `messages` rows; log: every record, for replay.")],
     out: Annotated[Path, typer.Option(help="Output file (.gz to compress).")],
     db: DbOption = None,
     data_dir: DataDirOption = None,

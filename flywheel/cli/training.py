@@ -28,9 +28,9 @@ DataFileOption = Annotated[Path | None, typer.Option(
 def train_reward(
     data: DataFileOption = None,
     out: Annotated[Path | None, typer.Option(
-        help="Where to save the reward model. \\[default: the next version under "
-        "DATA_DIR/reward_models, made current if it is not worse than the current one]",
-        show_default=False)] = None,
+        help="Where to save the reward model (not registered). \\[default: the next version "
+        "in the registry, under DATA_DIR/reward_models: current if it is not worse than the "
+        "current one on the held-out pairs, else rejected]", show_default=False)] = None,
     backbone: Annotated[Backbone, typer.Option(
         help="minilm: the packaged MiniLM encoder; policy-lora: LoRA on --model.")]
     = Backbone.minilm,
@@ -46,34 +46,35 @@ def train_reward(
     max_user_share: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Most of the store's pairs one user may contribute.")] = 0.25,
     seed: Annotated[int, typer.Option(help="Seeds the split, the order and the init.")] = 0,
+    actor: Annotated[str | None, typer.Option(
+        help="Who trains it, for the audit trail. \\[default: your login name]",
+        show_default=False)] = None,
     db: DbOption = None,
     data_dir: DataDirOption = None,
     model: ModelOption = None,
 ) -> None:
-    """Train a Bradley–Terry reward model from a preference file or the feedback store.
-    Prints the held-out figures, last as one JSON line."""
+    """Train a Bradley–Terry reward model from a preference file or the feedback store,
+    and register it (unless --out). Prints the held-out figures, last as one JSON line."""
+    import getpass
+
+    from feedback.db import open_store
     from feedback.formats import FormatError
+    from feedback.models import utcnow
     from trainer.data import pairs_from_file, preference_pairs
-    from trainer.reward import (
-        RewardConfig,
-        current_reward_model,
-        new_version_dir,
-        promote_if_not_worse,
-        reward_models_dir,
-        train_reward_model,
-    )
+    from trainer.reward import RewardConfig, register_reward_model, train_reward_model
 
     settings = settings_from(db=db, data_dir=data_dir, model=model)
+    engine = (open_store(settings.db_url, event_log=settings.event_log_path)
+              if data is None or out is None else None)  # the store, or the registry
     if data is not None:
         try:
             split = pairs_from_file(data, heldout_fraction=heldout_fraction, seed=seed)
         except FormatError as e:
             raise FlywheelError(str(e)) from None
-        where = str(data)
+        where, window = str(data), {"source": str(data)}
     else:
-        from feedback.db import open_store
-
-        split = preference_pairs(open_store(settings.db_url), max_user_share=max_user_share,
+        window = {"source": "feedback store", "since": None, "until": utcnow().isoformat()}
+        split = preference_pairs(engine, max_user_share=max_user_share,
                                  heldout_fraction=heldout_fraction, seed=seed)
         where = "the feedback store"
     if not split.train:
@@ -90,17 +91,20 @@ def train_reward(
                                                    train_labels=split.train_labels,
                                                    on_progress=on_progress)
     if out is None:
-        root = reward_models_dir(settings.data_dir)
-        current = current_reward_model(root)
-        path = reward_model.save(new_version_dir(root))
-        promoted = promote_if_not_worse(path, current, split.heldout)
-        verdict = "now current" if promoted else f"kept {current.name} (it is better)"
-        typer.echo(f"saved {path} ({verdict})")
+        registered = register_reward_model(
+            engine, reward_model, data_dir=settings.data_dir, validation_pairs=split.heldout,
+            data_window={**window, "pairs": len(split.train), "heldout_pairs": len(split.heldout),
+                         "labels": len(split.train_labels)},
+            actor=actor or f"cli:{getpass.getuser()}", models_dir=settings.models_dir)
+        path, promoted, version = registered.path, registered.kept, registered.version
+        verdict = ("now current" if promoted
+                   else f"rejected: {registered.in_use.name} stays current (it is better)")
+        typer.echo(f"saved {registered.version} to {path} ({verdict})")
     else:
-        path, promoted = reward_model.save(out), None
+        path, promoted, version = reward_model.save(out), None, None
         typer.echo(f"saved {path}")
-    typer.echo(json.dumps({**metrics, "path": str(path), "promoted": promoted,
-                           "data": split.stats}))
+    typer.echo(json.dumps({**metrics, "path": str(path), "version": version,
+                           "promoted": promoted, "data": split.stats}))
 
 
 @eval_app.command("reward")
@@ -132,7 +136,7 @@ def eval_reward(
 def train_ppo_command(
     reward_model: Annotated[Path | None, typer.Option(
         "--reward-model", help="A saved reward model directory. \\[default: the current one "
-        "under DATA_DIR/reward_models]", show_default=False)] = None,
+        "in the registry]", show_default=False)] = None,
     prompts: Annotated[Path | None, typer.Option(
         "--prompts", help="JSON lines (optionally .gz) with a `prompt` (a string or a message "
         "list) per line. \\[default: real user turns from the feedback store]",
@@ -168,14 +172,15 @@ def train_ppo_command(
     from flywheel.model_loading import load_model
     from trainer.data import user_prompts
     from trainer.ppo import PPOConfig, prepare_policy, train_ppo
-    from trainer.reward import RewardModel, current_reward_model, reward_models_dir
+    from trainer.reward import RewardModel, current_reward_model, registered_version
 
     settings = settings_from(db=db, data_dir=data_dir, model=model)
     engine = open_store(settings.db_url, event_log=settings.event_log_path)
-    reward_model = reward_model or current_reward_model(reward_models_dir(settings.data_dir))
+    reward_model = reward_model or current_reward_model(engine, settings.data_dir)
     if reward_model is None:
         raise FlywheelError("no reward model: train one with `flywheel train reward` or pass "
                             "--reward-model")
+    rm_version = registered_version(engine, settings.data_dir, reward_model)
     if prompts is not None:
         turns, source = _read_prompts(prompts), str(prompts)
     else:
@@ -210,7 +215,8 @@ def train_ppo_command(
         with session_scope(engine) as session:
             registry.register_adapter(session, version=version, base_model=settings.model,
                                       path=str(stored.path), sha256=stored.sha256,
-                                      parent_version=parent, status="training")
+                                      parent_version=parent, status="training",
+                                      reward_model_version=rm_version)
             runs.finish_run(session, run_id=run_id, metrics=summary, adapter_version=version)
     except BaseException as e:
         with session_scope(engine) as session:

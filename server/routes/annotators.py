@@ -5,9 +5,10 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from feedback.db import session_scope
 from feedback.queries.annotators import annotator_quality
 from server.auth import Operator
-from server.store import SessionDep
+from server.store import Store
 
 router = APIRouter(prefix="/api", tags=["operators"])
 
@@ -31,9 +32,10 @@ class AnnotatorsOut(BaseModel):
 
 
 @router.get("/annotators")
-def list_annotators(_: Operator, session: SessionDep) -> AnnotatorsOut:
+def list_annotators(_: Operator, db: Store) -> AnnotatorsOut:
     """Every user with votes: their careless pattern, agreement with the consensus and
     with the reward model, and the weight their votes get in training."""
-    report = annotator_quality(session)
+    with session_scope(db) as session:
+        report = annotator_quality(session)
     return AnnotatorsOut(reward_model=report.reward_model, annotators=[
         AnnotatorOut.model_validate(a, from_attributes=True) for a in report.annotators])

@@ -19,9 +19,15 @@ from feedback.queries import votes
 from server import auth
 from server.chat import ChatService
 from server.engine import Failed, Finished, Token
-from server.errors import UNSTORABLE, APIError, error_body
+from server.errors import (
+    DATABASE_BUSY,
+    DATABASE_BUSY_MESSAGE,
+    UNSTORABLE,
+    APIError,
+    error_body,
+)
 from server.limits import check_capacity
-from server.sampling import SamplingParams
+from server.sampling import MAX_STOP_CHARS, MAX_STOPS, SamplingParams
 from server.store import RowId
 
 log = logging.getLogger(__name__)
@@ -32,7 +38,8 @@ class Sampling(BaseModel):
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
-    stop: list[str] = Field(default_factory=list, max_length=4)
+    stop: list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_STOPS)
     seed: int | None = None
 
 
@@ -41,7 +48,7 @@ class UserTurn(BaseModel):
     content: str = Field(min_length=1)
     conversation_id: RowId | None = None
     parent_id: RowId | None = None
-    model: str | None = None
+    model: str | None = Field(None, max_length=128)
     side_by_side: bool | None = None  # None: the server decides
     params: Sampling = Field(default_factory=Sampling)
 
@@ -85,21 +92,30 @@ async def chat(websocket: WebSocket):
     and for a pick: {"type": "picked", "comparison_id", "choice", "continue_from": int,
        "models": {"a": str, "b": str}}.
     Errors never close the socket: {"type": "error", "error": {"message", "type",
-    "code"}} — the same shape as every HTTP error.
+    "code"}} — the same shape as every HTTP error. Frames are text: a binary frame gets
+    that error (code "binary_frame"), then the socket closes with code 1003 (unsupported
+    data).
     """
     app = websocket.app
     chat_service: ChatService = app.state.chat
-    user, cookie = await asyncio.to_thread(_authenticate, websocket)
-    if user is None:  # accepted first: a close before accepting reaches clients as HTTP 403
+    caller, cookie = await asyncio.to_thread(_authenticate, websocket)
+    if caller is None:  # accepted first: a close before accepting reaches clients as HTTP 403
         await websocket.accept()
         await websocket.close(code=4401, reason="invalid API key")
         return
     await websocket.accept(headers=[(b"set-cookie", cookie.encode())] if cookie else None)
-    session = _ChatSession(websocket, chat_service, user.id)
+    session = _ChatSession(websocket, chat_service, caller)
     try:
         while True:
-            raw = await websocket.receive_text()
-            await session.handle(raw)
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if message.get("text") is None:
+                await session.error(422, "frames are JSON text; binary frames are not "
+                                    "supported", "binary_frame")
+                await websocket.close(code=1003, reason="binary frames are not supported")
+                break
+            await session.handle(message["text"])
     except WebSocketDisconnect:
         pass
     finally:
@@ -107,25 +123,25 @@ async def chat(websocket: WebSocket):
             session.turn.cancel()  # frees the engine's slots at once
 
 
-def _authenticate(websocket: WebSocket):
-    settings = websocket.app.state.settings
-    with session_scope(websocket.app.state.db) as db_session:
-        try:
-            user = auth.authenticate(db_session, headers=websocket.headers,
-                                     cookies=websocket.cookies, secret=settings.secret_key)
-        except APIError:
-            return None, None
-        if user is not None:
-            return user, None
-        user = auth.new_anonymous_user(db_session)
-        return user, auth.cookie_header(user, settings.secret_key)
+def _authenticate(websocket: WebSocket) -> tuple[auth.Caller | None, str | None]:
+    """The caller (None for an unknown API key) and, for a browser without a session,
+    the cookie of one started now: a socket can set a cookie only in its handshake."""
+    try:
+        caller = auth.identify(websocket)
+    except APIError:
+        return None, None
+    if caller.user is not None:
+        return caller, None
+    user, cookie = auth.new_session(websocket)
+    return replace(caller, user=user), cookie
 
 
 class _ChatSession:
     """One connection's state: the turn in flight and the battles it showed."""
 
-    def __init__(self, websocket: WebSocket, chat: ChatService, user_id: int):
-        self.ws, self.chat, self.user_id = websocket, chat, user_id
+    def __init__(self, websocket: WebSocket, chat: ChatService, caller: auth.Caller):
+        self.ws, self.chat, self.user_id = websocket, chat, caller.user_id
+        self.address = caller.metered_address  # charged with the user's answers
         self.turn: asyncio.Task | None = None
         self.stopping = False  # the user asked to stop the turn in flight
         self.battles: dict[int, dict] = {}  # comparison id -> {label: (message id, version)}
@@ -159,6 +175,8 @@ class _ChatSession:
             await self.error(422, str(e), "invalid_feedback")
         except DataError:
             await self.error(422, UNSTORABLE, "unstorable_value")
+        except DATABASE_BUSY:
+            await self.error(503, DATABASE_BUSY_MESSAGE, "database_busy")
         except Exception:  # never leave the client waiting for a turn that died
             log.exception("websocket turn failed")
             with contextlib.suppress(Exception):  # the socket may be gone too
@@ -175,8 +193,9 @@ class _ChatSession:
             answers = self._plan(turn, adapter)
         except ValueError as e:  # sampling parameters SamplingParams refuses
             raise APIError(422, str(e), code="invalid_request") from None
+        self.chat.check_max_tokens(answers[0][2].max_tokens)
         check_capacity(self.chat.engine, settings.max_queue, cost=len(answers))
-        state.rate_limiter.check(self.user_id)
+        state.rate_limiter.check(self.user_id, address=self.address)
         state.metrics.requests.labels("websocket").inc()
         conversation_id, message_id, prompt_ids = await asyncio.to_thread(
             self.chat.record_user_turn, user_id=self.user_id, content=turn.content,
@@ -260,6 +279,8 @@ class _ChatSession:
         except (NotFound, InvalidFeedback) as e:
             status = 404 if isinstance(e, NotFound) else 422
             return await self.error(status, str(e), None)
+        except DATABASE_BUSY:
+            return await self.error(503, DATABASE_BUSY_MESSAGE, "database_busy")
         winner = candidates[1] if pick.choice == "b" else candidates[0]
         battle = self.battles.get(pick.comparison_id, {})
         await self.ws.send_json({

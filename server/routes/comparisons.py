@@ -5,11 +5,12 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
 
+from feedback.db import session_scope
 from feedback.queries import conversations as convs
 from feedback.queries import votes
-from server.auth import CurrentUser
+from server.auth import CallerId
 from server.deps import MetricsDep
-from server.store import RowId, SessionDep
+from server.store import RowId, Store
 
 router = APIRouter(prefix="/api/comparisons", tags=["comparisons"])
 
@@ -41,24 +42,27 @@ class ComparisonOut(BaseModel):
 
 
 @router.post("/{comparison_id}/verdict")
-def decide(comparison_id: RowId, body: Verdict, user: CurrentUser, session: SessionDep,
+def decide(comparison_id: RowId, body: Verdict, user_id: CallerId, db: Store,
            metrics: MetricsDep) -> ComparisonOut:
     """Record (or replace) the verdict on a side-by-side turn shown to this user."""
-    comparison = votes.record_choice(session, comparison_id=comparison_id, user_id=user.id,
-                                     choice=body.choice, ranking=body.ranking)
+    with session_scope(db) as session:
+        comparison = votes.record_choice(session, comparison_id=comparison_id,
+                                         user_id=user_id, choice=body.choice,
+                                         ranking=body.ranking)
     metrics.votes.labels("comparison").inc()
     return ComparisonOut.model_validate(comparison, from_attributes=True)
 
 
 @router.post("", status_code=201)
-def rank(body: RankingIn, user: CurrentUser, session: SessionDep,
+def rank(body: RankingIn, user_id: CallerId, db: Store,
          metrics: MetricsDep) -> ComparisonOut:
     """Rank answers the user got for one prompt (e.g. `n` > 1 through the OpenAI API)."""
-    convs.get_message(session, message_id=body.prompt_message_id, user_id=user.id)
-    comparison = votes.create_comparison(session, user_id=user.id,
-                                         prompt_message_id=body.prompt_message_id,
-                                         candidate_ids=body.ranking)
-    comparison = votes.record_choice(session, comparison_id=comparison.id, user_id=user.id,
-                                     ranking=body.ranking)
+    with session_scope(db) as session:
+        convs.get_message(session, message_id=body.prompt_message_id, user_id=user_id)
+        comparison = votes.create_comparison(session, user_id=user_id,
+                                             prompt_message_id=body.prompt_message_id,
+                                             candidate_ids=body.ranking)
+        comparison = votes.record_choice(session, comparison_id=comparison.id,
+                                         user_id=user_id, ranking=body.ranking)
     metrics.votes.labels("ranking").inc()
     return ComparisonOut.model_validate(comparison, from_attributes=True)

@@ -7,11 +7,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from feedback.db import session_scope
 from feedback.models import FlagCategory
 from feedback.queries import activity, browse
 from feedback.queries.browse import FeedbackKind
 from server.auth import Operator
-from server.store import SessionDep
+from server.store import Store
 
 router = APIRouter(prefix="/api/feedback", tags=["operators"])
 
@@ -56,7 +57,7 @@ class VolumeOut(BaseModel):
 
 @router.get("")
 def browse_feedback(
-    _: Operator, session: SessionDep,
+    _: Operator, db: Store,
     kind: FeedbackKind | None = None,
     thumb: Annotated[int | None, Query(description="1 or -1: ratings up or down")] = None,
     category: Annotated[FlagCategory | None, Query(description="flags of this category")]
@@ -69,8 +70,9 @@ def browse_feedback(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> FeedbackPageOut:
     """Every vote, newest first, with the prompt and the answer(s) it judged."""
-    page = browse.browse_feedback(session, kind=kind, thumb=thumb, category=category,
-                                  adapter=adapter, user=user, cursor=cursor, limit=limit)
+    with session_scope(db) as session:
+        page = browse.browse_feedback(session, kind=kind, thumb=thumb, category=category,
+                                      adapter=adapter, user=user, cursor=cursor, limit=limit)
     return FeedbackPageOut(
         items=[FeedbackItemOut.model_validate(item, from_attributes=True)
                for item in page.items],
@@ -79,14 +81,15 @@ def browse_feedback(
 
 @router.get("/volume")
 def feedback_volume(
-    _: Operator, session: SessionDep,
+    _: Operator, db: Store,
     bucket: Literal["hour", "day"] = "day",
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> VolumeOut:
     """Votes of each kind per hour or day (UTC), empty buckets included; by default the
     last 48 hours or 30 days."""
-    volume = activity.feedback_volume(session, bucket=bucket, since=since, until=until)
+    with session_scope(db) as session:
+        volume = activity.feedback_volume(session, bucket=bucket, since=since, until=until)
     return VolumeOut(bucket=bucket, kinds=list(activity.VOLUME_KINDS),
                      buckets=[VolumeBucket(start=start, counts=counts)
                               for start, counts in volume])

@@ -3,12 +3,13 @@
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from feedback.db import session_scope
 from feedback.models import FlagCategory
 from feedback.queries import conversations as convs
 from feedback.queries import votes
-from server.auth import CurrentUser
+from server.auth import CallerId
 from server.deps import MetricsDep
-from server.store import RowId, SessionDep
+from server.store import RowId, Store
 
 router = APIRouter(prefix="/api/messages", tags=["flags"])
 
@@ -24,10 +25,11 @@ class FlagOut(FlagIn):
 
 
 @router.post("/{message_id}/flags", status_code=201)
-def flag(message_id: RowId, body: FlagIn, user: CurrentUser, session: SessionDep,
+def flag(message_id: RowId, body: FlagIn, user_id: CallerId, db: Store,
          metrics: MetricsDep) -> FlagOut:
-    convs.get_message(session, message_id=message_id, user_id=user.id)
-    stored = votes.add_flag(session, message_id=message_id, user_id=user.id,
-                            category=body.category, comment=body.comment)
+    with session_scope(db) as session:
+        convs.get_message(session, message_id=message_id, user_id=user_id)
+        stored = votes.add_flag(session, message_id=message_id, user_id=user_id,
+                                category=body.category, comment=body.comment)
     metrics.votes.labels("flag").inc()
     return FlagOut.model_validate(stored, from_attributes=True)

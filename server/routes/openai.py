@@ -3,27 +3,37 @@
 Every answer is recorded as a message; its id comes back as `message_id` on each choice
 (in the final chunk when streaming), so an SDK client can vote on it through the REST
 routes.
+
+A request is refused before any costly work when it is too big (messages, characters,
+`stop` strings) or asks for more than the model can do: `max_tokens` (or
+`max_completion_tokens`) beyond the model's window is a 422, as OpenAI refuses it, never
+quietly cut. Tokenizing runs off the event loop, after the capacity and rate checks.
 """
 
 import asyncio
 import json
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from server.auth import CurrentUser
+from flywheel.settings import Settings
+from server.auth import CallerDep, ensure_session
 from server.chat import Answer, ChatService
 from server.deps import Adapters, Chat, Limiter, MetricsDep, SettingsDep
 from server.engine import Failed, Finished, Token
 from server.errors import APIError
 from server.limits import check_capacity
-from server.sampling import SamplingParams
+from server.sampling import MAX_STOP_CHARS, MAX_STOPS, SamplingParams
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+
+# Bounds on lists, in the schema: validation stops at once past them (70,000 empty messages
+# in a 2 MB body took a second to validate, holding the event loop).
+MAX_MESSAGES, MAX_PARTS = 256, 64
 
 
 class TextPart(BaseModel):
@@ -33,12 +43,19 @@ class TextPart(BaseModel):
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | Annotated[list[TextPart], Field(max_length=MAX_PARTS)]
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+# `stop` is one string or a list of them; one is taken as a list of one.
+Stop = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+StopList = Annotated[list[Stop], Field(max_length=MAX_STOPS)]
+Stops = Annotated[StopList, BeforeValidator(lambda v: [v] if isinstance(v, str) else v,
+                                            json_schema_input_type=Stop | StopList)]
 
 
 class StreamOptions(BaseModel):
@@ -48,21 +65,21 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # other OpenAI options are accepted, unused
 
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(max_length=128)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    stop: Stops | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=4)
 
 
 @router.get("/models")
-def list_models(adapters: Adapters, _: CurrentUser) -> dict:
+def list_models(adapters: Adapters, _: CallerDep) -> dict:
     created = int(time.time())
     return {"object": "list", "data": [
         {"id": name, "object": "model", "created": created, "owned_by": "flywheel"}
@@ -70,36 +87,62 @@ def list_models(adapters: Adapters, _: CurrentUser) -> dict:
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, user: CurrentUser, chat: Chat,
+async def chat_completions(body: ChatCompletionRequest, caller: CallerDep, chat: Chat,
                            adapters: Adapters, settings: SettingsDep, limiter: Limiter,
-                           metrics: MetricsDep):
+                           metrics: MetricsDep, request: Request, response: Response):
+    messages = _conversation(body, settings)
+    adapter = adapters.resolve(body.model)
+    params = _sampling(body, settings, chat)
+    check_capacity(chat.engine, settings.max_queue, cost=body.n)
+    limiter.check(caller.user_id, address=caller.metered_address, cost=body.n)
+    prompt_ids = await asyncio.to_thread(chat.prompt_ids, messages, params[0].max_tokens)
+    metrics.requests.labels("openai").inc()
+    user = await ensure_session(caller, request, response)  # its first write
+    prompt_message_id = await asyncio.to_thread(chat.record_messages, user_id=user.id,
+                                                messages=messages, source="api")
+    completion = _Completion(chat, body.model, prompt_ids, prompt_message_id, adapter)
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(completion.sse(params, usage), media_type="text/event-stream",
+                                 headers=response.headers)  # a new session's cookie
+    answers = await asyncio.gather(*[completion.run(i, p) for i, p in enumerate(params)])
+    return completion.response(answers)
+
+
+def _conversation(body: ChatCompletionRequest, settings: Settings) -> list[dict]:
+    """The messages as the chat template takes them, refused when they cannot be answered
+    or are too big (cheap checks, before anything is tokenized)."""
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     if messages[-1]["role"] != "user":
         raise APIError(422, "the last message must be the user's", code="invalid_messages")
     if max(len(m["content"]) for m in messages) > settings.max_message_chars:
         raise APIError(413, f"messages are limited to {settings.max_message_chars} characters",
                        code="message_too_long")
-    adapter = adapters.resolve(body.model)
+    if sum(len(m["content"]) for m in messages) > settings.max_conversation_chars:
+        raise APIError(413, f"the messages together are limited to "
+                       f"{settings.max_conversation_chars} characters",
+                       code="conversation_too_long")
+    for i, m in enumerate(messages):
+        try:
+            m["content"].encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): JSON can escape it
+            raise APIError(422, f"messages.{i}.content: not valid Unicode (a lone "
+                           "surrogate)", code="invalid_request") from None
+    return messages
+
+
+def _sampling(body: ChatCompletionRequest, settings: Settings,
+              chat: ChatService) -> list[SamplingParams]:
+    """One answer's sampling for each of the `n` asked for (seeds counting up)."""
+    max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
+    chat.check_max_tokens(max_tokens)
     try:
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        params = [SamplingParams(
-            max_tokens=body.max_completion_tokens or body.max_tokens or settings.max_new_tokens,
-            temperature=body.temperature, top_p=body.top_p, stop=stop,
-            seed=None if body.seed is None else body.seed + i) for i in range(body.n)]
+        return [SamplingParams(max_tokens=max_tokens, temperature=body.temperature,
+                               top_p=body.top_p, stop=tuple(body.stop or ()),
+                               seed=None if body.seed is None else body.seed + i)
+                for i in range(body.n)]
     except ValueError as e:
         raise APIError(422, str(e), code="invalid_request") from None
-    prompt_ids = chat.prompt_ids(messages, params[0].max_tokens)
-    check_capacity(chat.engine, settings.max_queue, cost=body.n)
-    limiter.check(user.id, cost=body.n)  # after: a refused request costs no budget
-    metrics.requests.labels("openai").inc()
-    prompt_message_id = await asyncio.to_thread(chat.record_messages, user_id=user.id,
-                                                messages=messages, source="api")
-    completion = _Completion(chat, body.model, prompt_ids, prompt_message_id, adapter)
-    if body.stream:
-        usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(completion.sse(params, usage), media_type="text/event-stream")
-    answers = await asyncio.gather(*[completion.run(i, p) for i, p in enumerate(params)])
-    return completion.response(answers)
 
 
 class _Completion:

@@ -10,8 +10,18 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-def healthz(request: Request, adapters: Adapters) -> dict:
-    return {"status": "ok", "model": adapters.base_name, "demo": request.app.state.is_demo,
+async def healthz(request: Request, adapters: Adapters) -> dict:
+    """`status` is "ok", or "degraded" when this server does not serve the adapter the
+    registry says is live (it refused to load it, and serves the one before it or the base
+    model); `reason` then says which is which, and `refused_adapters` why.
+
+    Both answer 200: a degraded server still answers every request, and since every
+    replica reads the same registry, a load balancer that took degraded ones out of
+    rotation would take them all out. Alert on `status` instead. (On the event loop, in
+    memory only: it answers at once however busy the threads and the database are.)"""
+    reason = adapters.degraded()
+    return {"status": "degraded" if reason else "ok", "reason": reason,
+            "model": adapters.base_name, "demo": request.app.state.is_demo,
             "live_adapter": adapters.live, "candidates": adapters.candidates,
             "canary": adapters.canary, "loaded_adapters": sorted(adapters.loaded),
             "refused_adapters": {v: error for v, (_, error) in adapters.failed.items()}}

@@ -1,20 +1,24 @@
 """Thumbs on answers: one per user and message; voting again updates it."""
 
+from typing import Annotated
+
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from feedback.db import session_scope
 from feedback.queries import conversations as convs
 from feedback.queries import votes
-from server.auth import CurrentUser
+from server.auth import CallerId
 from server.deps import MetricsDep
-from server.store import RowId, SessionDep
+from server.store import RowId, Store
 
 router = APIRouter(prefix="/api/messages", tags=["ratings"])
 
 
 class RatingIn(BaseModel):
     thumb: int = Field(description="1 for up, -1 for down")
-    reasons: list[str] = Field(default_factory=list, max_length=16)
+    reasons: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list,
+                                                                max_length=16)
     comment: str = Field("", max_length=4000)
 
 
@@ -24,10 +28,12 @@ class RatingOut(RatingIn):
 
 
 @router.put("/{message_id}/rating")
-def rate(message_id: RowId, body: RatingIn, user: CurrentUser, session: SessionDep,
+def rate(message_id: RowId, body: RatingIn, user_id: CallerId, db: Store,
          metrics: MetricsDep) -> RatingOut:
-    convs.get_message(session, message_id=message_id, user_id=user.id)
-    rating = votes.upsert_rating(session, message_id=message_id, user_id=user.id,
-                                 thumb=body.thumb, reasons=body.reasons, comment=body.comment)
+    with session_scope(db) as session:
+        convs.get_message(session, message_id=message_id, user_id=user_id)
+        rating = votes.upsert_rating(session, message_id=message_id, user_id=user_id,
+                                     thumb=body.thumb, reasons=body.reasons,
+                                     comment=body.comment)
     metrics.votes.labels("rating").inc()
     return RatingOut.model_validate(rating, from_attributes=True)

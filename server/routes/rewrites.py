@@ -3,11 +3,12 @@
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from feedback.db import session_scope
 from feedback.queries import conversations as convs
 from feedback.queries import votes
-from server.auth import CurrentUser
+from server.auth import CallerId
 from server.deps import MetricsDep
-from server.store import RowId, SessionDep
+from server.store import RowId, Store
 
 router = APIRouter(prefix="/api/messages", tags=["rewrites"])
 
@@ -22,10 +23,11 @@ class RewriteOut(RewriteIn):
 
 
 @router.post("/{message_id}/rewrites", status_code=201)
-def rewrite(message_id: RowId, body: RewriteIn, user: CurrentUser, session: SessionDep,
+def rewrite(message_id: RowId, body: RewriteIn, user_id: CallerId, db: Store,
             metrics: MetricsDep) -> RewriteOut:
-    convs.get_message(session, message_id=message_id, user_id=user.id)
-    stored = votes.add_rewrite(session, message_id=message_id, user_id=user.id,
-                               content=body.content)
+    with session_scope(db) as session:
+        convs.get_message(session, message_id=message_id, user_id=user_id)
+        stored = votes.add_rewrite(session, message_id=message_id, user_id=user_id,
+                                   content=body.content)
     metrics.votes.labels("rewrite").inc()
     return RewriteOut.model_validate(stored, from_attributes=True)

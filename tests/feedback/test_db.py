@@ -1,3 +1,4 @@
+import stat
 import threading
 from datetime import UTC
 
@@ -34,6 +35,20 @@ def test_an_unknown_driver_is_one_clear_line(url):
 def test_an_unreachable_server_is_one_clear_line_without_the_password():
     message = _store_error("postgresql://me:secret@127.0.0.1:1/flywheel")
     assert message.startswith("cannot connect to postgresql://me:***@127.0.0.1:1/flywheel: ")
+
+
+def test_the_sqlite_store_and_its_wal_files_are_private(tmp_path):
+    """Every conversation is in them: 0600 files in a 0700 folder it made."""
+    path = tmp_path / "data" / "flywheel.db"
+    engine = open_store(f"sqlite:///{path}")
+    with session_scope(engine) as session:
+        users.create_user(session, handle="alice")
+        created = [p.name for p in path.parent.iterdir()]
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+    engine.dispose()
+    assert {"flywheel.db", "flywheel.db-wal", "flywheel.db-shm"} <= set(created)
+    assert set(modes.values()) == {0o600}, modes
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
 def test_an_unusable_sqlite_path_is_one_clear_line(tmp_path):

@@ -3,6 +3,7 @@ the CLI's adapter transitions, by imports — never by a rolled-back transaction
 lines only when several processes append at once."""
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,10 @@ from feedback.queries import adapters as registry
 from feedback.queries.users import create_user, iter_users
 from feedback.queries.votes import upsert_rating
 from feedback.replay import replay_log
+from flywheel.adapter_store import AdapterStore
 from flywheel.cli import app
 from server.app import create_app
+from tests.fixtures.tiny_models import save_tiny_adapter
 from tests.server.support import add_user, bearer, load_demo, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,9 +68,11 @@ def test_a_live_server_logs_turns_and_votes_as_they_happen(models_dir, tmp_path)
 def test_adapter_transitions_from_the_command_line_are_logged(tmp_path):
     events = tmp_path / "events.jsonl"
     engine = open_store(f"sqlite:///{tmp_path / 'flywheel.db'}", event_log=events)
+    stored = save_tiny_adapter(AdapterStore(tmp_path / "adapters"), "policy-v1")
     with session_scope(engine) as session:
-        registry.register_adapter(session, version="policy-v1", base_model="demo",
-                                  path="/a", sha256="0" * 64, status="candidate")
+        registry.register_adapter(session, version="policy-v1", base_model="tiny",
+                                  path=str(stored.path), sha256=stored.sha256,
+                                  status="candidate")
     for action in ("approve", "promote"):
         result = runner.invoke(app, ["adapters", action, "policy-v1", "--data-dir",
                                      str(tmp_path), "--actor", "alice"])
@@ -77,6 +82,16 @@ def test_adapter_transitions_from_the_command_line_are_logged(tmp_path):
         "candidate", "approved", "live"]
     assert [(r["action"], r["actor"]) for r in records if r["type"] == "audit_event"] == [
         ("approve", "alice"), ("promote", "alice")]
+
+
+def test_the_event_log_is_private(tmp_path):
+    """It holds every conversation: its owner's alone, in a folder of its own if it made one."""
+    events = tmp_path / "data" / "events.jsonl"
+    engine = open_store(f"sqlite:///{tmp_path / 'flywheel.db'}", event_log=events)
+    with session_scope(engine) as session:
+        create_user(session, handle="alice")
+    assert stat.S_IMODE(events.stat().st_mode) == 0o600
+    assert stat.S_IMODE(events.parent.stat().st_mode) == 0o700
 
 
 def test_a_rolled_back_transaction_writes_nothing(tmp_path):

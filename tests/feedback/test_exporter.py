@@ -1,4 +1,4 @@
-"""Exporting feedback (dpo, kto, log) and importing it back, on SQLite and PostgreSQL."""
+"""Exporting feedback (dpo, kto, sft, log) and importing it back, on SQLite and PostgreSQL."""
 
 import gzip
 import json
@@ -124,7 +124,13 @@ def test_kto_has_one_row_per_rating(store, tmp_path):
         {"prompt": math, "completion": [msg("assistant", "6")], "label": True}]
 
 
-@pytest.mark.parametrize("fmt", ["dpo", "kto", "log"])
+def test_sft_has_one_row_per_rewrite(store, tmp_path):
+    out = tmp_path / "sft.jsonl"
+    assert export_feedback(store, fmt="sft", out=out) == 1
+    assert lines(out) == [{"messages": GREETING + [msg("assistant", "Hello! How can I help?")]}]
+
+
+@pytest.mark.parametrize("fmt", ["dpo", "kto", "sft", "log"])
 def test_exports_are_reproducible_and_gzip_on_request(store, tmp_path, fmt):
     plain, again, packed = (tmp_path / name for name in ("a.jsonl", "b.jsonl", "c.jsonl.gz"))
     for out in (plain, again, packed):
@@ -206,13 +212,16 @@ def test_an_unknown_format_is_refused(engine, tmp_path):
 def test_datasets_reads_the_exports(store, tmp_path):
     datasets = pytest.importorskip("datasets")
     for fmt, count, columns in (("dpo", 5, ["prompt", "chosen", "rejected"]),
-                                ("kto", 3, ["prompt", "completion", "label"])):
+                                ("kto", 3, ["prompt", "completion", "label"]),
+                                ("sft", 1, ["messages"])):
         out = tmp_path / f"{fmt}.jsonl.gz"
         export_feedback(store, fmt=fmt, out=out)
         data = datasets.load_dataset("json", data_files=str(out), split="train",
                                      cache_dir=str(tmp_path / "hf"))
         assert data.num_rows == count and data.column_names == columns
-        assert data[0]["prompt"][-1] == msg("user", "Hello?")
+        prompt = data[0]["messages"][:-1] if fmt == "sft" else data[0]["prompt"]
+        assert prompt[-1] == msg("user", "Hello?")
+    assert data[0]["messages"][-1] == msg("assistant", "Hello! How can I help?")
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,13 @@ def test_write_json_lines_is_reproducible(tmp_path, name):
     assert write_json_lines(first, rows) == write_json_lines(second, rows) == 2
     assert first.read_bytes() == second.read_bytes()
     assert [record for _, record in ((n, parse_json(raw)) for n, raw in iter_lines(first))] == rows
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.jsonl.gz"])
+def test_written_files_are_private(tmp_path, name):
+    """Exports hold users' conversations: readable by their owner only."""
+    write_json_lines(tmp_path / name, [{"prompt": "hi", "chosen": "a", "rejected": "b"}])
+    assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
 
 
 def test_a_failed_write_leaves_no_file(tmp_path):

@@ -213,11 +213,13 @@ def test_later_states_and_deletions_are_merged_and_the_registry_left_out(engine,
         {"type": "adapter", "id": 1, "version": "policy-v1", "base_model": "demo",
          "path": "/a", "status": "candidate", "created_at": T0, "updated_at": T0},
         {"type": "annotator_quality", "user_id": 7, "reward_model": "rm-0001",
-         "reward_model_items": 3, "computed_at": T1}])
+         "reward_model_items": 3, "computed_at": T1},
+        {"type": "reward_model", "id": 1, "version": "rm-0001", "path": "/rm", "backbone":
+         "minilm", "status": "current", "created_at": T0, "updated_at": T0}])
     report = import_file(engine, path)
     assert report.restored == {"user": 1, "conversation": 1, "message": 2, "rating": 1,
                                "flag": 1}
-    assert report.not_imported == 2 and "not imported: 2 records" in report.summary()
+    assert report.not_imported == 3 and "not imported: 3 records" in report.summary()
     (rating,) = iter_ratings(session)
     assert rating.thumb == 1 and rating.updated_at.isoformat().startswith("2026-01-03")
     assert list(iter_flags(session)) == []

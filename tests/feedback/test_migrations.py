@@ -2,7 +2,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
 from feedback import models  # noqa: F401  (every table on the metadata)
@@ -26,7 +26,7 @@ def test_upgrade_runs_once_and_reaches_head(db_url):
     tables = set(inspect(engine).get_table_names())
     upgrade(engine)  # every start runs it: the second time is a no-op
 
-    assert current_revision(engine) == _head(engine) == "0003"
+    assert current_revision(engine) == _head(engine) == "0004"
     assert set(inspect(engine).get_table_names()) == tables
     assert tables == set(SQLModel.metadata.tables) | {"alembic_version"}
     engine.dispose()
@@ -41,3 +41,24 @@ def test_downgrade_then_upgrade_round_trips(engine):
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     upgrade(engine)
     assert _schema_diffs(engine) == []
+
+
+def test_0004_keeps_the_registry_and_adds_reward_models(db_url):
+    engine = make_engine(db_url)
+    command.upgrade(alembic_config(engine), "0003")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO adapter (version, base_model, path, sha256, status, traffic_share, "
+            "created_at, updated_at) VALUES ('policy-v1', 'demo', '/a', '', 'live', 0, "
+            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO audit_event (actor, action, adapter_version, detail, "
+                          "created_at) VALUES ('ops', 'promote', 'policy-v1', '{}', "
+                          "CURRENT_TIMESTAMP)"))
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version, reward_model_version FROM adapter")).all() \
+            == [("policy-v1", None)]
+        assert conn.execute(text(
+            "SELECT action, reward_model_version FROM audit_event")).all() == [("promote", None)]
+        assert conn.execute(text("SELECT count(*) FROM reward_model")).scalar() == 0
+    engine.dispose()

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from feedback.db import open_store, session_scope
 from feedback.exporter import export_feedback
 from feedback.queries import adapters as registry
-from feedback.queries import runs
+from feedback.queries import reward_models, runs
 from feedback.queries.annotators import save_reward_model_agreement
 from feedback.queries.conversations import add_message, create_conversation, delete_conversation
 from feedback.queries.users import create_user, get_user_by_handle
@@ -25,7 +25,8 @@ runner = CliRunner()
 
 def build_history(engine) -> dict:
     """A store's life: chats, a changed vote, a comparison decided later, a deleted
-    conversation, adapters promoted and rolled back, a run, annotator quality twice."""
+    conversation, reward models (one rejected, one made current again), adapters promoted
+    and rolled back, a run, annotator quality twice."""
     with session_scope(engine) as s:
         alice = create_user(s, handle="alice", api_key_hash="a" * 64)
         bob = create_user(s, handle="bob", role="operator")
@@ -51,9 +52,18 @@ def build_history(engine) -> dict:
                       reasons=["rude"])
         delete_conversation(s, conversation_id=ids["conversation1"], user_id=ids["alice"])
     with session_scope(engine) as s:
+        for version, status in (("rm-0001", "current"), ("rm-0002", "current"),
+                                ("rm-0003", "rejected")):
+            reward_models.register_reward_model(
+                s, version=version, path=f"/rm/{version}", backbone="minilm", status=status,
+                actor="scheduler", heldout={"accuracy": 0.7, "loss": 0.6, "ece": 0.1,
+                                            "pairs": 10}, data_window={"pairs": 90})
+        reward_models.set_reward_model_status(s, version="rm-0001", status="current",
+                                              actor="bob", actor_id=ids["bob"])
         for version in ("policy-v1", "policy-v2"):
             registry.register_adapter(s, version=version, base_model="demo", path=f"/{version}",
-                                      sha256=SHA, status="candidate")
+                                      sha256=SHA, status="candidate",
+                                      reward_model_version="rm-0001")
             registry.set_adapter_status(s, version=version, status="approved", actor="bob",
                                         actor_id=ids["bob"])
             registry.promote(s, version=version, actor="bob", actor_id=ids["bob"])
@@ -90,6 +100,12 @@ def test_event_log_and_export_rebuild_identical_stores(db_url, tmp_path):
         assert create_user(s, handle="carol").id == ids["bob"] + 1
         assert get_user_by_handle(s, handle="alice").api_key_hash is None
         assert registry.live_adapter(s).version == "policy-v1"
+        assert registry.live_adapter(s).reward_model_version == "rm-0001"
+        assert reward_models.current_reward_model(s).version == "rm-0001"
+        assert [(r.version, r.status) for r in reward_models.list_reward_models(s)] == [
+            ("rm-0003", "rejected"), ("rm-0002", "retired"), ("rm-0001", "current")]
+        assert [e.action for e in reward_models.reward_model_audit_events(
+            s, version="rm-0002")] == ["retired", "made_current", "registered"]
     from_events.dispose()
     source.dispose()
 
@@ -110,6 +126,7 @@ def test_until_rebuilds_the_store_as_it_was(engine, tmp_path):
     report = replay_log(engine, events, until=ids["first_window_end"])
     assert report.after_until > 0
     assert report.rows["conversation"] == 3 and report.rows["adapter"] == 0
+    assert report.rows["reward_model"] == 0
     export_feedback(engine, fmt="log", out=tmp_path / "then.log")
     ratings = [r for r in records(tmp_path / "then.log") if r["type"] == "rating"]
     assert [r["thumb"] for r in ratings] == [1, 1, 1]  # before alice changed her mind

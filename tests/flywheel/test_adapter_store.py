@@ -1,4 +1,5 @@
 import json
+import stat
 from pathlib import Path
 
 import peft.peft_model
@@ -58,6 +59,13 @@ def test_save_then_load_gives_identical_outputs(store, kind) -> None:
     assert not torch.allclose(logits(loaded), base_logits)  # the adapter really is applied
     assert stored.path == store.root / "policy-v1"
     assert store.manifest("policy-v1")["base_model"] == "tiny"
+
+
+def test_the_store_directory_it_creates_is_private(tmp_path) -> None:
+    store = AdapterStore(tmp_path / "data" / "adapters")
+    store.save(make_peft_model(), "policy-v1")
+    for made in (store.root, store.root.parent):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
 
 
 def test_layout_is_plain_save_pretrained_with_a_manifest(store) -> None:
@@ -193,6 +201,49 @@ def test_edited_manifest_checksum_is_refused(store) -> None:
     manifest["files"][0]["sha256"] = "0" * 64
     (stored.path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(AdapterIntegrityError):
+        store.verify("policy-v1")
+
+
+def test_files_replaced_with_a_matching_manifest_are_refused_by_the_registry_s_checksum(
+        store) -> None:
+    """Another adapter's weights and a manifest rewritten to match are consistent on disk:
+    only the checksum the registry recorded tells them apart."""
+    registered = store.save(make_peft_model(seed=1), "policy-v1").sha256
+    other = store.save(make_peft_model(seed=2), "policy-v2")
+    for path in other.path.iterdir():
+        (store.path("policy-v1") / path.name).write_bytes(path.read_bytes())
+    assert store.verify("policy-v1").sha256 == other.sha256  # consistent with itself
+    live = make_peft_model(seed=3)
+    live_logits = logits(live)
+
+    for attempt in (lambda: store.verify("policy-v1", sha256=registered),
+                    lambda: store.load(live, "policy-v1", sha256=registered)):
+        with pytest.raises(AdapterIntegrityError, match="differs from the registry's"):
+            attempt()
+    assert set(live.peft_config) == {"default"} and torch.equal(logits(live), live_logits)
+    assert store.verify("policy-v2", sha256=other.sha256) == other
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(store, value) -> None:
+    trained = make_peft_model()
+    with torch.no_grad():
+        next(p for n, p in trained.named_parameters() if "lora_B" in n)[0, 0] = value
+    stored = store.save(trained, "policy-v1")  # its checksums are right: it was saved so
+    with pytest.raises(AdapterIntegrityError, match="NaN or infinite"):
+        store.verify("policy-v1", sha256=stored.sha256)
+
+
+def test_unreadable_weights_are_refused(store) -> None:
+    """Weights that are not safetensors at all, under a manifest that matches them."""
+    stored = store.save(make_peft_model(), "policy-v1")
+    (stored.path / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    manifest = json.loads((stored.path / "manifest.json").read_text())
+    manifest["files"] = adapter_store._file_table(stored.path)
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "manifest.json"]
+    manifest["sha256"] = files_sha256(manifest["files"])
+    (stored.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AdapterIntegrityError, match="cannot be read"):
         store.verify("policy-v1")
 
 

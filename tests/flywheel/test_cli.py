@@ -262,6 +262,12 @@ def test_serve_rejects_a_bad_db_before_serving() -> None:
     one_error(flywheel_cli("serve", "--db", "nonsense"), "not a database URL")
 
 
+def test_serve_rejects_a_short_secret_key_before_serving(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_SECRET_KEY", "hunter2")
+    one_error(flywheel_cli("serve", "--data-dir", tmp_path), "FLYWHEEL_SECRET_KEY has 7 characters")
+
+
 def test_db_upgrade_prints_the_revision(db_url: str) -> None:
     first = ok(flywheel_cli("db", "upgrade", "--db", db_url))
     engine = open_store(db_url)

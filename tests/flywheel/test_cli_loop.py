@@ -8,11 +8,13 @@ from typer.testing import CliRunner
 from feedback.db import open_store, session_scope
 from feedback.queries import adapters as registry
 from feedback.queries import runs
+from feedback.queries.reward_models import register_reward_model
+from flywheel.adapter_store import AdapterStore
 from flywheel.cli import app
+from tests.fixtures.tiny_models import save_tiny_adapter
 from trainer.worker import make_scheduler
 
 runner = CliRunner()
-SHA = "0" * 64
 
 
 def flywheel(*args: str):
@@ -20,13 +22,19 @@ def flywheel(*args: str):
 
 
 @pytest.fixture
-def store(db_url):
+def store(db_url, tmp_path, monkeypatch):
+    """Two candidates, stored in the adapter store of the data directory and registered."""
+    monkeypatch.setenv("FLYWHEEL_DATA_DIR", str(tmp_path))
+    adapters = AdapterStore(tmp_path / "adapters")
     engine = open_store(db_url)
     with session_scope(engine) as session:
-        for version in ("policy-v1", "policy-v2"):
-            registry.register_adapter(session, version=version, base_model="demo",
-                                      path=f"/adapters/{version}", sha256=SHA,
-                                      status="candidate")
+        register_reward_model(session, version="rm-0001", path=str(tmp_path / "rm-0001"),
+                              backbone="minilm", actor="scheduler")
+        for seed, version in enumerate(("policy-v1", "policy-v2")):
+            stored = save_tiny_adapter(adapters, version, seed=seed)
+            registry.register_adapter(session, version=version, base_model="tiny",
+                                      path=str(stored.path), sha256=stored.sha256,
+                                      status="candidate", reward_model_version="rm-0001")
     yield db_url, engine
     engine.dispose()
 
@@ -45,6 +53,30 @@ def test_approve_promote_and_roll_back_from_the_command_line(store):
     assert "alice" in actors and any(a.startswith("cli:") for a in actors)
     shown = flywheel("adapters", "show", "policy-v2", "--db", url).stdout
     assert "retired" in shown and "promote" in shown and "by alice" in shown
+    assert "reward model rm-0001" in shown
+
+
+def test_an_adapter_that_cannot_be_served_is_not_made_live(store, tmp_path):
+    """Rolling back to, or promoting, an adapter whose files no longer match the registry's
+    checksum is refused before anything is committed."""
+    url, engine = store
+    for args in (("approve", "policy-v1"), ("promote", "policy-v1"),
+                 ("approve", "policy-v2"), ("promote", "policy-v2")):
+        assert flywheel("adapters", *args, "--db", url).exit_code == 0
+    weights = tmp_path / "adapters" / "policy-v1" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])  # truncated since it retired
+
+    for args in (("rollback",), ("promote", "policy-v1")):
+        refused = flywheel("adapters", *args, "--db", url)
+        assert refused.exit_code == 2, refused.output
+        assert refused.stderr.startswith("error: policy-v1 was not made live, as servers "
+                                         "could not serve it: adapter policy-v1: ")
+        assert "does not match its checksum" in refused.stderr
+    with session_scope(engine) as session:
+        assert registry.live_adapter(session).version == "policy-v2"
+        assert registry.get_adapter(session, version="policy-v1").status == "retired"
+        newest = registry.list_audit_events(session, limit=1)
+    assert (newest[0].action, newest[0].adapter_version) == ("promote", "policy-v2")
 
 
 def test_illegal_moves_and_unknown_versions_are_one_error_line(store):

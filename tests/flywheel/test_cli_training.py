@@ -1,11 +1,13 @@
 """`flywheel train reward` and `flywheel eval reward`: from a file and from the store,
-the versioned reward-model directory, the JSON last line, and one-line errors."""
+the next version in the registry, the JSON last line, and one-line errors."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from feedback.db import open_store, session_scope
+from feedback.queries import reward_models
 from flywheel.settings import Settings
 from tests.flywheel.test_cli import flywheel_cli, ok, one_error, sqlite_url, write_jsonl
 from tests.trainer.synthetic import synthetic_rows
@@ -41,7 +43,7 @@ def test_train_on_a_file_then_evaluate(data_file, tmp_path):
     assert report.splitlines()[0].startswith("accuracy ")
 
 
-def test_train_from_the_store_makes_a_current_version(data_file, tmp_path):
+def test_train_registers_the_next_version(data_file, tmp_path):
     db = sqlite_url(tmp_path / "store.db")
     ok(flywheel_cli("feedback", "import", data_file, "--db", db))
     data_dir = tmp_path / "data"
@@ -49,8 +51,26 @@ def test_train_from_the_store_makes_a_current_version(data_file, tmp_path):
                                         "--heldout-fraction", 0.25, *FAST)))
     root = data_dir / "reward_models"
     assert trained["path"] == str(root / "rm-0001") and trained["promoted"] is True
-    assert (root / "CURRENT").read_text().strip() == "rm-0001"
+    assert trained["version"] == "rm-0001" and not (root / "CURRENT").exists()
     assert trained["data"]["train_pairs"] == trained["train_pairs"]
+    again = last_json(ok(flywheel_cli("train", "reward", "--data", data_file, "--db", db,
+                                      "--data-dir", data_dir, "--heldout-fraction", 0.25,
+                                      "--actor", "ana", *FAST)))
+    assert again["version"] == "rm-0002"
+
+    engine = open_store(db)
+    with session_scope(engine) as session:
+        rows = {row.version: row for row in reward_models.list_reward_models(session)}
+        trail = reward_models.reward_model_audit_events(session, version="rm-0002")
+    engine.dispose()
+    first, second = rows["rm-0001"], rows["rm-0002"]
+    assert first.data_window["source"] == "feedback store"
+    assert first.data_window["pairs"] == trained["train_pairs"]
+    assert first.heldout["accuracy"] == trained["accuracy"]
+    assert second.data_window["source"] == str(data_file) and second.parent_version == "rm-0001"
+    assert second.status == ("current" if again["promoted"] else "rejected")
+    assert first.status == ("retired" if again["promoted"] else "current")
+    assert {event.actor for event in trail} == {"ana"}
 
 
 def test_user_errors_are_one_line(tmp_path, data_file):

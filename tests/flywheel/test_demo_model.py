@@ -1,6 +1,7 @@
 import hashlib
 import random
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,12 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None
     with pytest.raises(OSError, match="disk full"):
         write_demo_model(tmp_path / "demo", teaching_steps=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_data_directory_it_creates_is_private(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(demo_model, "teach_demo_language", lambda *args, **kwargs: None)
+    ensure_demo_model(tmp_path / "data" / "models")
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
 
 
 def test_ensure_demo_model_writes_once(tmp_path: Path, monkeypatch) -> None:

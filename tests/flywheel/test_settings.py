@@ -1,12 +1,18 @@
 """Settings: flags override `FLYWHEEL_*` variables override the defaults."""
 
+import os
+import secrets
 import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from flywheel.cli.common import settings_from
-from flywheel.settings import Settings
+from flywheel.errors import FlywheelError
+from flywheel.settings import MIN_SECRET_KEY_CHARS, Settings
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +57,84 @@ def test_secret_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
     assert len(key) == 64
     path = tmp_path / "data" / "secret_key"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700  # the data dir it created
+    assert os.listdir(path.parent) == ["secret_key"]  # no temporary file left
     assert Settings(data_dir=tmp_path / "data").resolved_secret_key() == key
     assert Settings(data_dir=tmp_path / "other").resolved_secret_key() != key
-    assert Settings(data_dir=tmp_path / "data", secret_key="given").resolved_secret_key() == "given"
+    given = "g" * MIN_SECRET_KEY_CHARS
+    assert Settings(data_dir=tmp_path / "data", secret_key=given).resolved_secret_key() == given
+
+
+def test_servers_starting_at_once_agree_on_one_key(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each one draws a key slowly (so they overlap); exactly one key is kept, and every
+    server gets it, whole."""
+    draw = secrets.token_hex
+
+    def slow_draw(n: int) -> str:
+        time.sleep(0.05)
+        return draw(n)
+
+    monkeypatch.setattr(secrets, "token_hex", slow_draw)
+    start = threading.Barrier(8)
+
+    def start_server(_: int) -> str:
+        start.wait()
+        return Settings(data_dir=tmp_path / "data").resolved_secret_key()
+
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(start_server, range(8)))
+    assert len(keys) == 1 and len(keys.pop()) == 64
+    assert os.listdir(tmp_path / "data") == ["secret_key"]
+
+
+@pytest.mark.parametrize("crash_in", ["token_hex", "fsync"])
+def test_a_crash_while_making_the_key_leaves_none(tmp_path: Path, crash_in: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server killed while it makes the key (drawing it, or writing it out) leaves no
+    key file, so the next start makes one instead of finding an empty key."""
+    def killed(*_):
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(secrets if crash_in == "token_hex" else os, crash_in, killed)
+        with pytest.raises(_Killed):
+            Settings(data_dir=tmp_path).resolved_secret_key()
+    assert not (tmp_path / "secret_key").exists()
+    assert len(Settings(data_dir=tmp_path).resolved_secret_key()) == 64
+
+
+class _Killed(BaseException):
+    """What a kill looks like to the code it interrupts: nothing after it runs."""
+
+
+@pytest.mark.parametrize("stored", ["", "\n", "short-key\n", "\udcff"])
+def test_an_empty_or_short_stored_key_is_refused(tmp_path: Path, stored: str) -> None:
+    (tmp_path / "secret_key").write_text(stored, errors="surrogateescape")
+    with pytest.raises(FlywheelError, match=r"secret_key.*delete it"):
+        Settings(data_dir=tmp_path).resolved_secret_key()
+
+
+@pytest.mark.parametrize("given", ["", "short", "x" * (MIN_SECRET_KEY_CHARS - 1)])
+def test_an_empty_or_short_configured_key_is_refused(tmp_path: Path, given: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_SECRET_KEY", given)
+    with pytest.raises(FlywheelError, match=f"FLYWHEEL_SECRET_KEY.*{MIN_SECRET_KEY_CHARS}"):
+        Settings(data_dir=tmp_path).resolved_secret_key()
+    assert not (tmp_path / "secret_key").exists()  # never silently replaced by a stored one
+
+
+def test_rotated_keys_and_allowed_origins_are_comma_separated(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    old, older = "o" * MIN_SECRET_KEY_CHARS, "p" * MIN_SECRET_KEY_CHARS
+    monkeypatch.setenv("FLYWHEEL_SECRET_KEY", "n" * MIN_SECRET_KEY_CHARS)
+    monkeypatch.setenv("FLYWHEEL_PREVIOUS_SECRET_KEYS", f"{old}, {older}")
+    monkeypatch.setenv("FLYWHEEL_ALLOWED_ORIGINS", "https://a.example,https://b.example")
+
+    settings = Settings()
+
+    assert settings.session_keys == ["n" * MIN_SECRET_KEY_CHARS, old, older]  # signer first
+    assert settings.allowed_origins == ["https://a.example", "https://b.example"]
+    assert Settings(previous_secret_keys="", allowed_origins="").session_keys[1:] == []
+    with pytest.raises(ValueError, match=f"at least {MIN_SECRET_KEY_CHARS}"):
+        Settings(previous_secret_keys=f"{old},short")

@@ -26,7 +26,7 @@ from flywheel.settings import Settings
 from server.app import create_app
 from tests.conftest import PG_SERVER
 
-SECRET = "test-secret-key"
+SECRET = "test-secret-key-of-at-least-32-characters"
 
 
 def load_demo(models_dir: Path, *, sharpen: float = 4.0) -> LoadedModel:

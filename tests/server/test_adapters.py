@@ -18,7 +18,10 @@ from flywheel.model_loading import lora_config
 from server.app import create_app
 from server.engine import Finished, Token
 from server.sampling import SamplingParams
+from tests.server.hotswap_fixtures import AdapterMaker, register
 from tests.server.support import (
+    add_user,
+    bearer,
     chat_ids,
     db_session,
     greedy_references,
@@ -209,3 +212,38 @@ def test_an_adapter_that_fails_to_load_is_skipped(models_dir, tmp_path, caplog) 
     assert health["loaded_adapters"] == [] and health["candidates"] == []
     assert "policy-v9" in health["refused_adapters"]
     assert "policy-v9 refused" in caplog.text
+
+
+def test_a_live_adapter_this_server_cannot_load_is_reported_as_degraded(models_dir, tmp_path,
+                                                                        caplog) -> None:
+    """A restart: the registry names as live an adapter whose files were replaced (with a
+    manifest to match) since its promotion. The server refuses it, serves the base model,
+    and /healthz says so, until a live adapter it can load is promoted."""
+    settings = make_settings(tmp_path)
+    maker, store = AdapterMaker(models_dir), AdapterStore(settings.adapters_dir)
+    db = open_store(settings.db_url)
+    stored = maker.make(store, "policy-v1", seed=1)
+    register(db, stored, status="live")
+    swapped = maker.make(AdapterStore(tmp_path / "elsewhere"), "policy-v1", seed=2)
+    for path in swapped.path.iterdir():
+        (stored.path / path.name).write_bytes(path.read_bytes())
+    register(db, maker.make(store, "policy-v2", seed=3))
+    db.dispose()
+
+    with TestClient(create_app(settings, model=load_demo(models_dir))) as client:
+        response = client.get("/healthz")
+        assert response.status_code == 200  # it still answers: no reason to drain it
+        health = response.json()
+        assert (health["status"], health["live_adapter"]) == ("degraded", None)
+        assert health["reason"] == ("the registry says policy-v1 is live; this server "
+                                    "serves the base model demo (policy-v1 was refused)")
+        assert "differs from the registry's" in health["refused_adapters"]["policy-v1"]
+        assert client.app.state.adapters.resolve("flywheel") is None
+        assert "policy-v1 refused" in caplog.text
+
+        _, operator = add_user(client.app.state.db, role="operator")
+        promoted = client.post("/api/adapters/policy-v2/promote", headers=bearer(operator))
+        assert promoted.status_code == 200 and promoted.json()["loaded"]
+        health = client.get("/healthz").json()
+        assert (health["status"], health["reason"], health["live_adapter"]) == (
+            "ok", None, "policy-v2")

@@ -1,16 +1,20 @@
 """Who is calling: anonymous browser sessions (signed HttpOnly cookies), hashed API keys,
 and the operator role."""
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import time
 
 import pytest
+from itsdangerous import TimestampSigner
 from sqlmodel import select
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from feedback.models import User
-from server.auth import COOKIE
+from server.auth import COOKIE, COOKIE_MAX_AGE, sign, verify
 from tests.server.support import SECRET, add_user, assert_error, bearer, db_session, ws_turn
 
 
@@ -36,9 +40,10 @@ def test_a_new_browser_gets_a_signed_http_only_session_cookie(app, browser) -> N
     assert cookie["name"] == COOKIE
     assert "HttpOnly" in cookie and cookie["SameSite"] == "Lax" and cookie["Path"] == "/"
     assert int(cookie["Max-Age"]) > 30 * 24 * 3600
-    user_id, mac = cookie["value"].split(".")
-    assert int(user_id) == me["id"]
-    assert mac == hmac.new(SECRET.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+    assert "Secure" not in cookie  # plain HTTP
+    # itsdangerous's timestamped signature of the user id, with the server's secret key.
+    signer = TimestampSigner(SECRET, salt="flywheel.session", digest_method=hashlib.sha256)
+    assert signer.unsign(cookie["value"], max_age=60) == str(me["id"]).encode()
     assert me["handle"].startswith("anon-") and me["role"] == "user"
 
     again = browser.get("/api/me")
@@ -46,24 +51,105 @@ def test_a_new_browser_gets_a_signed_http_only_session_cookie(app, browser) -> N
 
 
 @pytest.mark.parametrize("forge", [
-    lambda uid, mac: f"{uid}.{'0' * 64}",
-    lambda uid, mac: f"{uid - 1}.{mac}",
-    lambda uid, mac: f"{uid}",
-    lambda uid, mac: "admin",
-    lambda uid, mac: (f"{uid}." + hmac.new(b"other-secret", str(uid).encode(),
-                                            hashlib.sha256).hexdigest()),
+    lambda uid, cookie: cookie.rsplit(".", 1)[0] + "." + "A" * 43,
+    lambda uid, cookie: f"{uid - 1}." + cookie.split(".", 1)[1],
+    lambda uid, cookie: f"{uid}",
+    lambda uid, cookie: "admin",
+    lambda uid, cookie: sign(uid, ["other-secret"]),
+    lambda uid, cookie: (f"{uid}." + hmac.new(SECRET.encode(), str(uid).encode(),
+                                               hashlib.sha256).hexdigest()),
 ], ids=["made-up signature", "another id with my signature", "no signature", "garbage",
-        "signed with another secret"])
+        "signed with another secret", "the old hand-rolled format"])
 def test_a_forged_cookie_is_a_new_anonymous_user(app, browser, forge) -> None:
     me = browser.get("/api/me").json()
-    mac = browser.cookies[COOKIE].split(".")[1]
-    stranger = TestClient(app, cookies={COOKIE: forge(me["id"], mac)})
+    stranger = TestClient(app, cookies={COOKIE: forge(me["id"], browser.cookies[COOKIE])})
 
     response = stranger.get("/api/me")
 
     assert response.status_code == 200
     assert response.json()["id"] not in (me["id"], me["id"] - 1)
     assert "set-cookie" in response.headers
+
+
+def test_rotated_keys_still_verify_and_the_first_key_signs() -> None:
+    before = sign(7, ["old-key"])
+    assert verify(before, ["new-key", "old-key"]) == 7
+    assert verify(before, ["new-key"]) is None  # the old key dropped: no session
+    after = sign(7, ["new-key", "old-key"])
+    assert verify(after, ["new-key"]) == 7 and verify(after, ["old-key"]) is None
+
+
+def test_the_server_accepts_cookies_of_its_previous_keys(app, browser, monkeypatch) -> None:
+    me = browser.get("/api/me").json()
+    signed_before_rotation = {COOKIE: sign(me["id"], ["old-key"])}
+    assert TestClient(app, cookies=signed_before_rotation).get("/api/me").json() != me
+
+    monkeypatch.setattr(app.state.settings, "previous_secret_keys", ["old-key"])
+
+    assert TestClient(app, cookies=signed_before_rotation).get("/api/me").json() == me
+
+
+def test_a_cookie_older_than_its_max_age_is_no_session(monkeypatch) -> None:
+    now = time.time()
+    with monkeypatch.context() as clock:  # itsdangerous timestamps with time.time()
+        clock.setattr(time, "time", lambda: now - COOKIE_MAX_AGE - 60)
+        expired = sign(7, [SECRET])
+        clock.setattr(time, "time", lambda: now - COOKIE_MAX_AGE + 60)
+        old_but_valid = sign(7, [SECRET])
+    assert verify(expired, [SECRET]) is None
+    assert verify(old_but_valid, [SECRET]) == 7
+
+
+# Each is "no session", never a server error: before, the first three were 500s.
+CRAFTED = {"non-ascii digit": "\xb2.x", "non-ascii signature": "1.\xe9",
+           "5000 digits": "9" * 5000 + ".x", "empty": "", "dots only": "...",
+           "huge timestamp": "1." + "A" * 4000 + ".x"}
+
+
+@pytest.mark.parametrize("value", CRAFTED.values(), ids=CRAFTED.keys())
+def test_a_crafted_cookie_is_no_session(app, browser, value) -> None:
+    me = browser.get("/api/me").json()
+    header = {"cookie": f"{COOKIE}={value}".encode()}  # UTF-8, as a browser sends text
+
+    response = TestClient(app).get("/api/me", headers=header)
+
+    assert response.status_code == 200
+    assert response.json()["id"] != me["id"]
+    with TestClient(app).websocket_connect("/api/chat", headers=header) as ws:
+        assert ws_turn(ws, "hello", params={"max_tokens": 2}).error is None
+
+
+@pytest.mark.parametrize("value", CRAFTED.values(), ids=CRAFTED.keys())
+def test_a_crafted_cookie_in_raw_bytes_is_no_session(app, client, value) -> None:
+    # Raw header bytes, as a hostile client sends them (TestClient re-encodes as UTF-8).
+    headers = [(b"cookie", f"{COOKIE}={value}".encode("latin-1"))]
+
+    assert asyncio.run(_raw_asgi(app, "http", headers))["status"] == 200
+    assert asyncio.run(_raw_asgi(app, "websocket", headers))["type"] == "websocket.accept"
+
+
+async def _raw_asgi(app, kind: str, headers: list[tuple[bytes, bytes]]) -> dict:
+    """The app's first answer to a GET /api/me (or a websocket handshake on /api/chat)."""
+    scope = {"type": kind, "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http" if kind == "http" else "ws",
+             "path": "/api/me" if kind == "http" else "/api/chat", "raw_path": b"",
+             "query_string": b"", "root_path": "", "headers": [(b"host", b"testserver"),
+                                                               *headers],
+             "client": ("203.0.113.9", 5000), "server": ("testserver", 80),
+             "subprotocols": []}
+    first = {"type": "http.request"} if kind == "http" else {"type": "websocket.connect"}
+    incoming = [first]
+    answers: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop() if incoming else {"type": f"{kind}.disconnect", "code": 1000}
+
+    async def send(message: dict) -> None:
+        answers.append(message)
+
+    with contextlib.suppress(Exception):
+        await app(scope, receive, send)
+    return answers[0] if answers else {}
 
 
 def test_api_keys_are_stored_only_as_their_hash(app, browser) -> None:

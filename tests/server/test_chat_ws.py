@@ -105,6 +105,12 @@ def test_malformed_frames_get_an_error_and_the_socket_stays_open(ws) -> None:
         '{"type": "user_turn", "content": ""}',
         '{"type": "user_turn", "content": "hi", "params": {"temperature": 3}}',
         '{"type": "user_turn", "content": "hi", "params": {"stop": ["a","b","c","d","e"]}}',
+        f'{{"type": "user_turn", "content": "hi", "params": {{"stop": ["{"x" * 101}"]}}}}',
+        # Lone surrogates, which JSON can escape and nothing downstream takes.
+        '{"type": "user_turn", "content": "lone \\ud800"}',
+        '{"type": "user_turn", "content": "hi", "params": {"stop": ["\\udfff"]}}',
+        '{"type": "user_turn", "content": "hi", "model": "demo\\ud800"}',
+        '{"type": "\\ud800"}',
         '{"type": "user_turn", "content": "hi", "conversation_id": "first"}',
         f'{{"type": "user_turn", "content": "hi", "conversation_id": {2**64}}}',
         '{"type": "pick", "comparison_id": 1, "choice": "c"}',
@@ -123,6 +129,8 @@ def test_malformed_frames_get_an_error_and_the_socket_stays_open(ws) -> None:
     {"stop": [""]},  # SamplingParams refuses it after the frame was accepted
     {"seed": 2**64},
     {"seed": -(2**70)},
+    {"max_tokens": 513},  # beyond the demo model's window
+    {"max_tokens": 10**30},
 ])
 def test_sampling_parameters_the_sampler_refuses_are_a_422_not_a_dead_turn(ws,
                                                                           params) -> None:
@@ -236,6 +244,16 @@ def test_closing_the_socket_mid_answer_frees_the_engine(app, client) -> None:
     assert engine.tokens_generated - before < 400
     with client.websocket_connect("/api/chat") as ws:  # and the server goes on serving
         assert ws_turn(ws, "hello", params=GREEDY).end()["completion_tokens"] == 8
+
+
+def test_a_binary_frame_gets_an_error_then_a_close_for_unsupported_data(client) -> None:
+    with client.websocket_connect("/api/chat") as ws:
+        ws.send_bytes(b'{"type": "stop"}')
+        frame = ws.receive_json()
+        assert (frame["type"], frame["error"]["code"]) == ("error", "binary_frame")
+        assert frame["error"]["type"] == "invalid_request_error"
+        assert ws.receive() == {"type": "websocket.close", "code": 1003,
+                                "reason": "binary frames are not supported"}
 
 
 def test_every_error_frame_has_the_http_error_shape(ws) -> None:

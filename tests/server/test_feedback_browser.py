@@ -2,6 +2,7 @@
 kind of vote newest first with its prompt and answers, each filter, cursor pages that
 neither skip nor repeat (ties in time included), hourly and daily volume, and the errors."""
 
+import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -141,6 +142,10 @@ def test_cursor_pages_neither_skip_nor_repeat(get) -> None:
         assert seen == everything, limit
 
 
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(("params", "status", "code"), [
     ({"kind": "vote"}, 422, "invalid_request"),
     ({"thumb": 0}, 422, "invalid_feedback"),
@@ -150,6 +155,14 @@ def test_cursor_pages_neither_skip_nor_repeat(get) -> None:
     ({"thumb": -1, "kind": "flag"}, 422, "invalid_feedback"),
     ({"category": "harmful", "kind": "rating"}, 422, "invalid_feedback"),
     ({"cursor": "not-a-cursor"}, 422, "invalid_feedback"),
+    # Well formed, but no cursor this server hands out: ids beyond the INTEGER columns, and
+    # times whose offset puts them past the calendar's ends in UTC.
+    ({"cursor": _cursor("2025-03-01T09:30:00+00:00|0|99999999999999999999")}, 422,
+     "invalid_feedback"),
+    ({"cursor": _cursor(f"2025-03-01T09:30:00+00:00|0|{2**31}")}, 422, "invalid_feedback"),
+    ({"cursor": _cursor("2025-03-01T09:30:00+00:00|0|0")}, 422, "invalid_feedback"),
+    ({"cursor": _cursor("0001-01-01T00:00:00+05:00|0|1")}, 422, "invalid_feedback"),
+    ({"cursor": _cursor("9999-12-31T23:59:59-05:00|0|1")}, 422, "invalid_feedback"),
     ({"limit": 0}, 422, "invalid_request"),
     ({"limit": 1000}, 422, "invalid_request"),
     ({"user": "nobody-here"}, 404, "not_found"),

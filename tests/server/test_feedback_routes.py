@@ -1,6 +1,7 @@
 """Votes over REST — ratings, comparisons, rewrites, flags — and the user's conversations,
 on SQLite and on PostgreSQL."""
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -132,6 +133,10 @@ def test_voting_again_updates_the_vote(app, client) -> None:
     ("put", "/api/messages/{answer}/rating", {"thumb": 0}, 422, "invalid_feedback"),
     ("put", "/api/messages/{answer}/rating", {"thumb": "up"}, 422, "invalid_request"),
     ("put", "/api/messages/{answer}/rating", {}, 422, "invalid_request"),
+    ("put", "/api/messages/{answer}/rating", {"thumb": 1, "reasons": ["r" * 65]}, 422,
+     "invalid_request"),
+    ("put", "/api/messages/{answer}/rating", {"thumb": 1, "reasons": ["r"] * 17}, 422,
+     "invalid_request"),
     ("put", "/api/messages/{question}/rating", {"thumb": 1}, 422, "invalid_feedback"),
     ("put", "/api/messages/999999999/rating", {"thumb": 1}, 404, "not_found"),
     ("put", f"/api/messages/{2**64}/rating", {"thumb": 1}, 422, "invalid_request"),
@@ -175,6 +180,24 @@ def test_bad_votes_are_refused_in_the_one_error_shape(app, client, method, path,
     assert_error(response.json(), {404: "not_found_error", 422: "invalid_request_error"}[status],
                  code)
     assert [len(_votes(app, m)) for m in (Rating, Rewrite, Flag)] == before
+
+
+def test_lone_surrogates_are_a_422_never_a_500(app, client) -> None:
+    """JSON can escape a lone surrogate ("\\ud800"); no database, tokenizer or UTF-8
+    response takes one."""
+    _, (answer,) = _answers(client)
+    calls = [
+        ("put", f"/api/messages/{answer}/rating", {"thumb": 1, "reasons": ["ok\ud800"]}),
+        ("put", f"/api/messages/{answer}/rating", {"thumb": 1, "comment": "\udfff"}),
+        ("post", f"/api/messages/{answer}/rewrites", {"content": "better \ud800"}),
+        ("post", f"/api/messages/{answer}/flags", {"category": "other", "comment": "\ud800"}),
+    ]
+    for method, path, body in calls:
+        response = client.request(method, path, content=json.dumps(body),
+                                  headers={"content-type": "application/json"})
+        assert response.status_code == 422, (path, response.text)
+        assert_error(response.json(), "invalid_request_error", "invalid_request")
+    assert [_votes(app, m, message_id=answer) for m in (Rating, Rewrite, Flag)] == [[]] * 3
 
 
 def test_a_user_votes_only_on_their_own_conversations(app, client) -> None:

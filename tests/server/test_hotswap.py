@@ -308,26 +308,49 @@ def test_promotions_and_rollbacks_under_load_fail_no_request(replica, maker, cap
 # -- broken adapters -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("broken", ["corrupted", "mismatched"])
-def test_a_broken_adapter_is_refused_and_live_keeps_serving(replica, maker, broken) -> None:
+def _break(replica: Replica, maker: AdapterMaker, version: str, how: str,
+           tmp_path: Path) -> str:
+    """Store and register `version`, broken `how`; what its refusal says."""
+    if how == "mismatched":
+        register(replica.db, make_mismatched(_store(replica), version))
+        return "does not fit"
+    stored = maker.make(_store(replica), version, seed=9)
+    register(replica.db, stored)
+    if how == "corrupted":
+        corrupt(stored)
+        return "checksum"
+    # Replaced: another adapter's weights, with a manifest that matches them.
+    other = maker.make(AdapterStore(tmp_path / "elsewhere"), version, seed=10)
+    for path in other.path.iterdir():
+        (stored.path / path.name).write_bytes(path.read_bytes())
+    return "differs from the registry's"
+
+
+def _refused(response: httpx.Response, why: str) -> None:
+    assert response.status_code == 409, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("conflict_error", "adapter_unloadable")
+    assert why in error["message"]
+
+
+@pytest.mark.parametrize("broken", ["corrupted", "mismatched", "replaced"])
+def test_a_broken_adapter_is_refused_and_live_keeps_serving(replica, maker, broken,
+                                                            tmp_path) -> None:
+    """Promoting (or a canary share for) an adapter that does not load here is refused
+    before the registry changes: it never names as live what servers cannot serve."""
     _with_live(replica, maker, "policy-a")
     a_text, _ = replica.ask()
-    if broken == "corrupted":
-        stored = maker.make(_store(replica), "policy-x", seed=9)
-        corrupt(stored)
-        why = "checksum"
-    else:
-        stored = make_mismatched(_store(replica), "policy-x")
-        why = "does not fit"
-    register(replica.db, stored)
+    why = _break(replica, maker, "policy-x", broken, tmp_path)
 
-    promoted = replica.act("POST", "/api/adapters/policy-x/promote")
-    assert promoted["status"] == "live" and not promoted["loaded"]  # the registry's word…
-    health = replica.health()  # … but this server refused it, and policy-a still serves
-    assert health["live_adapter"] == "policy-a"
-    assert why in health["refused_adapters"]["policy-x"]
+    with replica.client(replica.operator_key) as http:
+        _refused(http.post("/api/adapters/policy-x/promote"), why)
+        _refused(http.put("/api/adapters/policy-x/traffic", json={"share": 0.5}), why)
+        shown = http.get("/api/adapters/policy-x").json()
+    assert (shown["status"], shown["traffic_share"], shown["loaded"]) == ("approved", 0, False)
+    health = replica.health()
+    assert (health["status"], health["live_adapter"]) == ("ok", "policy-a")
     assert replica.ask() == (a_text, "policy-a")
-    time.sleep(GRACE_S + 2 * POLL_S)  # polls neither retry it nor drain policy-a
+    time.sleep(GRACE_S + 2 * POLL_S)  # polls neither load it nor drain policy-a
     assert replica.manager.loaded.keys() == {"policy-a"}
     assert replica.ask() == (a_text, "policy-a")
 
@@ -340,6 +363,19 @@ def test_a_broken_adapter_is_refused_and_live_keeps_serving(replica, maker, brok
     health = replica.health()
     assert health["live_adapter"] == "policy-y" and health["refused_adapters"] == {}
     wait_until(lambda: replica.manager.loaded.keys() == {"policy-y"}, 5, "policy-a to unload")
+
+
+def test_a_rollback_to_an_adapter_that_no_longer_loads_is_refused(replica, maker) -> None:
+    _with_live(replica, maker, "policy-a", "policy-b")
+    replica.act("POST", "/api/adapters/policy-b/promote")
+    wait_until(lambda: "policy-a" not in replica.manager.loaded, 5, "policy-a to unload")
+    corrupt(_store(replica).verify("policy-a"))  # its disk failed since it retired
+
+    with replica.client(replica.operator_key) as http:
+        _refused(http.post("/api/adapters/rollback"), "checksum")
+        assert http.get("/api/adapters/policy-a").json()["status"] == "retired"
+    assert replica.health()["live_adapter"] == "policy-b"
+    assert replica.ask()[1] == "policy-b"
 
 
 # -- canary and replicas -------------------------------------------------------------------

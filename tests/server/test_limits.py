@@ -189,6 +189,31 @@ def test_the_window_slides(monkeypatch) -> None:
         limiter.check(1)
 
 
+def test_a_refused_answer_charges_neither_budget() -> None:
+    limiter = RateLimiter(per_minute=1, per_address=2)
+    limiter.check(1, address="198.51.100.1")
+    with pytest.raises(APIError, match="answers a minute;"):
+        limiter.check(1, address="198.51.100.1")  # the user is out; the address is not
+    limiter.check(2, address="198.51.100.1")
+    with pytest.raises(APIError, match="from one address"):
+        limiter.check(3, address="198.51.100.1")
+    limiter.check(3, address="198.51.100.2")
+
+
+def test_the_limiter_memory_is_bounded(monkeypatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("server.limits.time.monotonic", lambda: now[0])
+    limiter = RateLimiter(per_minute=5, max_keys=100)
+    for i in range(10_000):  # a crowd of users and addresses within one minute
+        limiter.check(i, address=f"10.0.{i // 256}.{i % 256}")
+        assert len(limiter) <= 100
+    now[0] += 30
+    limiter.check(1)
+    now[0] += 30  # the crowd's windows are a minute old: forgotten
+    limiter.check(2)
+    assert len(limiter) == 2
+
+
 # -- capacity -------------------------------------------------------------------------------
 
 

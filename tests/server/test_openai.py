@@ -1,16 +1,21 @@
 """The OpenAI-compatible API, through the real `openai` SDK and as raw bytes."""
 
 import json
+import threading
+import time
 
 import httpx
 import openai
 import pytest
+from sqlmodel import func, select
 
 from feedback.models import Conversation, Message
-from tests.server.support import add_user, bearer, db_session, greedy_references
+from server.sampling import MAX_STOP_CHARS
+from tests.server.support import add_user, assert_error, bearer, db_session, greedy_references
 
 PROMPT = "write a haiku about tests"
 MESSAGES = [{"role": "user", "content": PROMPT}]
+WINDOW = 512  # the demo model's
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +217,115 @@ def test_anonymous_callers_get_a_session(live) -> None:
         again = browser.get("/api/me")
     assert me["handle"].startswith("anon-")
     assert again.json() == me and "set-cookie" not in again.headers
+
+
+# -- hostile and oversized requests --------------------------------------------------------
+
+
+def _raw(http, body: dict) -> httpx.Response:
+    """`body` as JSON with non-ASCII escaped: lone surrogates travel as `\\ud800`."""
+    return http.post("/v1/chat/completions", content=json.dumps(body),
+                     headers={"content-type": "application/json"})
+
+
+def _stored(app) -> int:
+    with db_session(app) as session:
+        return session.exec(select(func.count()).select_from(Message)).one()
+
+
+@pytest.mark.parametrize("change", [
+    {"messages": [{"role": "user", "content": "lone \ud800 surrogate"}]},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "lone \udfff"}]}]},
+    {"model": "demo\ud800"},
+    {"stop": "\ud800"},
+    {"stop": ["ok", "\ud800"]},
+    {"stop": "x" * (MAX_STOP_CHARS + 1)},
+    {"stop": ["a", "b", "c", "d", "e"]},
+    {"n": 5},
+    {"max_tokens": 10**30},
+    {"max_tokens": WINDOW + 1},
+    {"max_completion_tokens": 2**64},
+])
+def test_hostile_values_are_a_422_and_nothing_is_stored(app, http, change) -> None:
+    stored = _stored(app)
+    response = _raw(http, {"model": "demo", "max_tokens": 1, "messages": MESSAGES, **change})
+    assert response.status_code == 422, response.text
+    assert_error(response.json(), "invalid_request_error", "invalid_request")
+    assert _stored(app) == stored
+
+
+def test_max_tokens_are_refused_beyond_the_window_only(http) -> None:
+    response = _raw(http, {"model": "demo", "max_tokens": 10**30, "messages": MESSAGES})
+    assert f"window holds {WINDOW} tokens" in response.json()["error"]["message"]
+
+
+def _issue_conversation() -> list[dict]:
+    """The issue's request: 199 alternating long user and short assistant turns, 0.8 MB."""
+    messages = []
+    for i in range(99):
+        messages += [{"role": "user", "content": f"question {i} " + "sea " * 1000},
+                     {"role": "assistant", "content": "ok"}]
+    return [*messages, {"role": "user", "content": "and now?"}]
+
+
+@pytest.mark.parametrize(("messages", "status", "code"), [
+    ([{"role": "user", "content": "hi"}] * 257, 422, "invalid_request"),
+    ([{"role": "user", "content": [{"type": "text", "text": "a"}] * 65}], 422,
+     "invalid_request"),
+    ([{"role": "user", "content": "x" * 8000}] * 26, 413, "conversation_too_long"),
+    (_issue_conversation(), 413, "conversation_too_long"),
+])
+def test_too_big_a_conversation_is_refused_before_any_work(http, messages, status,
+                                                           code) -> None:
+    response = _raw(http, {"model": "demo", "max_tokens": 1, "messages": messages})
+    assert response.status_code == status, response.text
+    assert_error(response.json(), "invalid_request_error", code)
+
+
+def _largest_conversation() -> list[dict]:
+    """The largest the limits let through: 256 messages, 200,000 characters."""
+    messages = []
+    for i in range(127):
+        messages += [{"role": "user", "content": f"question {i} " + "sea " * 385},
+                     {"role": "assistant", "content": "ok"}]
+    messages = [{"role": "system", "content": "be brief"}, *messages,
+                {"role": "user", "content": "and now?"}]
+    assert len(messages) == 256
+    assert 190_000 < sum(len(m["content"]) for m in messages) <= 200_000
+    return messages
+
+
+@pytest.mark.parametrize(("messages", "status"), [
+    # Refitted by rendering it again after each dropped turn, it held the event loop for
+    # seconds.
+    (_largest_conversation(), 200),
+    # A megabyte of empty messages: validating them all held it for half a second.
+    ([{"role": "user", "content": ""}] * 30_000, 422),
+], ids=["largest-accepted", "a-megabyte-of-messages"])
+def test_healthz_answers_at_once_while_a_big_request_is_handled(live, http, messages,
+                                                                status) -> None:
+    latencies, done = [], threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=live.url, timeout=10, trust_env=False) as probe:
+            while not done.is_set():
+                started = time.perf_counter()
+                assert probe.get("/healthz").status_code == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.005)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        while not latencies and poller.is_alive():  # the probe has answered once
+            time.sleep(0.001)
+        started = time.perf_counter()
+        response = _raw(http, {"model": "demo", "max_tokens": 1, "messages": messages})
+        elapsed = time.perf_counter() - started
+    finally:
+        done.set()
+        poller.join()
+
+    assert response.status_code == status, response.text
+    assert elapsed < 5
+    assert max(latencies) < 0.2, sorted(latencies)[-5:]

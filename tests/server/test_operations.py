@@ -18,7 +18,8 @@ def test_healthz(client) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "ok" and body["model"] == "demo" and body["demo"] is True
+    assert (body["status"], body["reason"]) == ("ok", None)
+    assert body["model"] == "demo" and body["demo"] is True
     assert body["live_adapter"] is None and body["loaded_adapters"] == []
 
 

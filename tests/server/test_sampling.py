@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from server.sampling import SamplingParams, TextStream, sample_next_tokens, top_p_filter
+from server.sampling import (
+    MAX_STOP_CHARS,
+    SamplingParams,
+    TextStream,
+    sample_next_tokens,
+    top_p_filter,
+)
 
 INF = float("-inf")
 
@@ -20,6 +26,7 @@ def _logits(*probs: float) -> torch.Tensor:
     {"top_p": 1.5},
     {"stop": ("a", "b", "c", "d", "e")},
     {"stop": ("",)},
+    {"stop": ("x" * (MAX_STOP_CHARS + 1),)},
     {"seed": 2**31},
     {"seed": -(2**31) - 1},
 ])
@@ -29,8 +36,8 @@ def test_sampling_params_refuse_what_openai_refuses(bad) -> None:
 
 
 def test_sampling_params_accept_the_edges() -> None:
-    SamplingParams(max_tokens=1, temperature=0.0, top_p=1.0, stop=("a", "b", "c", "d"),
-                   seed=2**31 - 1)
+    SamplingParams(max_tokens=1, temperature=0.0, top_p=1.0,
+                   stop=("a", "b", "c", "x" * MAX_STOP_CHARS), seed=2**31 - 1)
     SamplingParams(temperature=2.0, top_p=1e-6, seed=-(2**31))
 
 

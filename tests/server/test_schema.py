@@ -1,7 +1,8 @@
 """Schemathesis over the OpenAPI schema, against a real server: whatever a client sends,
-the server never answers with a server error (5xx). (The websocket route is not part of
-the OpenAPI schema; its bad input is covered in test_chat_ws.py.)"""
+and whoever sends it, the server never answers with a server error (5xx). (The websocket
+route is not part of the OpenAPI schema; its bad input is covered in test_chat_ws.py.)"""
 
+import zlib
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,22 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
+from feedback.db import session_scope
+from feedback.queries import users
 from server.app import create_app
+from server.auth import COOKIE, sign
 from tests.server.support import add_user, app_on_database, bearer, make_settings
 
 # Long answers are valid requests, but they would only make the run slow.
 SETTINGS = {"max_new_tokens": 4}
-EXAMPLES = 15
+EXAMPLES = 6  # per operation, caller and database
+
+# Every operation is sent by each caller: no credentials; a browser's valid session cookie;
+# a junk session cookie; a user's API key (with a junk cookie besides, which the key
+# overrides); an operator's key (with another user's valid cookie besides).
+CALLERS = ["anonymous", "browser", "junk cookie", "user", "operator"]
+JUNK_COOKIES = ["\xb2.x", "1.\xe9", "9" * 5000 + ".x", "1.AAAAAA.x", "", "...", "1",
+                '"quoted"; other=\xff', "1." + "A" * 4000 + ".x"]
 
 
 # The schema is read at collection time (building the app loads nothing); the cases are
@@ -30,8 +41,20 @@ def app(request, demo, data_dir):
 
 
 @pytest.fixture(scope="module")
-def keys(app, live) -> dict[str, str]:
-    return {role: add_user(app.state.db, role=role)[1] for role in ("user", "operator")}
+def credentials(app, live) -> dict[str, dict[str, str]]:
+    """Each caller's headers, but the junk cookie (a different one case by case)."""
+    with session_scope(app.state.db) as session:
+        browser_id = users.create_user(session, handle="anon-schemathesis").id
+    browser = f"{COOKIE}={sign(browser_id, app.state.settings.session_keys)}"
+    user_key, operator_key = (add_user(app.state.db, role=role)[1]
+                              for role in ("user", "operator"))
+    return {"anonymous": {}, "browser": {"Cookie": browser}, "junk cookie": {},
+            "user": bearer(user_key), "operator": {**bearer(operator_key), "Cookie": browser}}
+
+
+@pytest.fixture(params=CALLERS)
+def caller(request) -> str:
+    return request.param
 
 
 def test_the_schema_is_the_served_one(live) -> None:
@@ -59,13 +82,11 @@ def test_the_schema_covers_every_http_route() -> None:
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
-def test_no_request_gets_a_server_error(case, keys, live) -> None:
-    # Operator routes mostly get an operator; the others a key holder or a browser.
-    operator_route = case.path.startswith(("/api/adapters", "/api/training-runs", "/api/feedback",
-                                           "/api/annotators"))
-    turn = len(repr(case.body)) + len(repr(case.path_parameters)) + len(repr(case.query))
-    caller = ("operator" if turn % 3 else "user") if operator_route else (
-        "user" if turn % 2 else None)
-    headers = bearer(keys[caller]) if caller else None
+def test_no_request_gets_a_server_error(case, caller, credentials, live) -> None:
+    headers = dict(credentials[caller])
+    if caller in ("junk cookie", "user"):  # the same case always gets the same junk
+        content = f"{case.body!r}{case.path_parameters!r}{case.query!r}".encode()
+        junk = JUNK_COOKIES[zlib.crc32(content) % len(JUNK_COOKIES)]
+        headers["Cookie"] = f"{COOKIE}={junk}"
     case.call_and_validate(base_url=live.url, headers=headers, checks=[not_a_server_error],
                            timeout=60)

@@ -16,7 +16,7 @@ from feedback.db import open_store, session_scope
 from feedback.importer import import_file
 from feedback.models import RunKind, RunStatus
 from feedback.queries import adapters as registry
-from feedback.queries import runs
+from feedback.queries import reward_models, runs
 from feedback.queries.annotators import annotator_quality
 from feedback.queries.leases import acquire_lease
 from flywheel.adapter_store import AdapterStore
@@ -26,7 +26,7 @@ from trainer.checkpoints import checkpoint_path, load_state
 from trainer.cycle import LEASE, CycleConfig, run_cycle
 from trainer.evaluate import EvalConfig
 from trainer.ppo import PPOConfig
-from trainer.reward import RewardConfig, current_reward_model, reward_models_dir
+from trainer.reward import RewardConfig, current_reward_model
 
 pytestmark = pytest.mark.slow
 
@@ -75,10 +75,18 @@ def test_a_cycle_registers_an_evaluated_candidate(loop):
     assert {"reward", "ppo", "eval"} <= set(run.metrics)
     assert len(run.metrics["ppo"]["steps"]) == 1
     AdapterStore(settings.adapters_dir).verify(adapter.version)  # stored whole
-    assert current_reward_model(reward_models_dir(settings.data_dir)) is not None
+    with session_scope(engine) as session:  # the reward model it trained, in the registry
+        reward_model = reward_models.get_reward_model(session, version="rm-0001")
+        events = reward_models.reward_model_audit_events(session, version="rm-0001")
+    assert reward_model.status == "current" and adapter.reward_model_version == "rm-0001"
+    assert current_reward_model(engine, settings.data_dir) == Path(reward_model.path)
+    assert reward_model.heldout["accuracy"] == run.metrics["reward"]["accuracy"]
+    assert reward_model.data_window["pairs"] == run.metrics["reward"]["pairs"]
+    assert [(e.action, e.actor) for e in events] == [("made_current", "scheduler"),
+                                                     ("registered", "scheduler")]
     with session_scope(engine) as session:  # each voter measured against the reward model
         quality = annotator_quality(session)
-    assert quality.reward_model == current_reward_model(reward_models_dir(settings.data_dir)).name
+    assert quality.reward_model == "rm-0001"
     assert all(a.reward_model_agreement is not None for a in quality.annotators)
 
 
@@ -123,6 +131,11 @@ def test_the_next_cycle_warm_starts_from_the_live_adapter_and_gated_auto_promoti
         assert adapter.status == "candidate"  # the gate held it back
         events = registry.list_audit_events(session, adapter_version=adapter.version)
         assert events[0].action == "gate_failed" and events[0].actor == "scheduler"
+        retrained = reward_models.get_reward_model(session, version="rm-0002")
+        in_use = reward_models.current_reward_model(session).version
+        assert retrained.parent_version == "rm-0001"  # warm-started from it
+        assert in_use == ("rm-0002" if retrained.status == "current" else "rm-0001")
+        assert adapter.reward_model_version == in_use == adapter.eval_report["reward_model"]
     open_gate = settings.model_copy(update={"auto_promote": True,
                                             "auto_promote_min_win_rate": 0,
                                             "auto_promote_max_kl": 1e9,
@@ -240,3 +253,19 @@ def test_a_cycle_killed_mid_ppo_resumes_from_its_checkpoint_to_the_same_adapter(
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     engine.dispose()
     whole_engine.dispose()
+
+
+@pytest.mark.parametrize("method", ["dpo", "online_dpo"])
+def test_a_cycle_by_another_method_names_it_in_the_candidates_report(loop, method):
+    from trainer.dpo import DPOConfig
+
+    settings, engine = loop
+    dpo = DPOConfig(epochs=1, steps=1, prompts_per_step=2, answers_per_prompt=2, batch_size=4,
+                    max_new_tokens=4, max_length=64)
+    result = run_cycle(settings, engine, tiny(method=method, dpo=dpo))
+    assert result.status == "succeeded", result.reason
+    with session_scope(engine) as session:
+        report = registry.get_adapter(session, version=result.adapter_version).eval_report
+    assert report["method"] == method and report["parent"] is None
+    assert report["reward_model"] == "rm-0001" and method in result.metrics
+    assert not (settings.data_dir / "training-state" / f"{result.adapter_version}.pt").exists()

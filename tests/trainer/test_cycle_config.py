@@ -31,6 +31,8 @@ def test_a_file_overrides_fields_and_sections_and_keeps_the_rest(tmp_path):
     ('{"ppo": {"stepz": 3}}', "stepz"),
     ('{"ppo": 3}', "'ppo' must be an object"),
     ('{"colour": "red"}', "colour"),
+    ('{"method": "reinforce"}', "unknown method 'reinforce'"),
+    ('{"dpo": {"betta": 1}}', "betta"),
 ])
 def test_a_bad_file_is_a_clear_error_naming_it(tmp_path, text, says):
     path = tmp_path / "cycle.json"

@@ -29,7 +29,9 @@ def test_train_ppo_saves_and_registers_an_adapter(tmp_path, tiny_model_dirs):
     assert (tmp_path / "data" / "adapters" / "policy-v1" / "adapter_model.safetensors").is_file()
     engine = open_store(f"sqlite:///{tmp_path / 'data' / 'flywheel.db'}")
     with Session(engine) as session:
-        assert adapters.get_adapter(session, version="policy-v1").status == "training"
+        adapter = adapters.get_adapter(session, version="policy-v1")
+        assert adapter.status == "training"
+        assert adapter.reward_model_version is None  # --reward-model: not in the registry
         (run,) = runs.list_runs(session, kind="ppo")
         assert run.status == "succeeded" and run.adapter_version == "policy-v1"
 

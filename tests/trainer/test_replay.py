@@ -15,7 +15,7 @@ from flywheel.model_loading import load_model
 from flywheel.settings import Settings
 from tests.trainer.synthetic import synthetic_pairs
 from trainer.ppo import PPOConfig, prepare_policy
-from trainer.reward import RewardConfig, reward_models_dir, set_current, train_reward_model
+from trainer.reward import RewardConfig, register_reward_model, train_reward_model
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -36,13 +36,13 @@ def logged(tmp_path, models_dir):
             add_message(s, conversation_id=c.id, role="assistant", content=f"Fact {n} is kind.",
                         parent_id=q.id, adapter_version=version)
         add_message(s, conversation_id=c.id, role="user", content="And another?")
-    engine.dispose()
     policy = prepare_policy(load_model("demo", models_dir=models_dir).model, PPOConfig())
     AdapterStore(settings.adapters_dir).save(policy, "policy-v1", base_model="demo")
     reward_model, _ = train_reward_model(synthetic_pairs(16), [],
                                          RewardConfig(max_length=32, batch_size=8))
-    root = reward_models_dir(settings.data_dir)
-    set_current(root, reward_model.save(root / "rm-0001"))
+    register_reward_model(engine, reward_model, data_dir=settings.data_dir,
+                          validation_pairs=[], data_window={}, actor="test")
+    engine.dispose()
     return settings
 
 

@@ -11,6 +11,7 @@ from feedback.db import open_store, session_scope
 from feedback.exporter import export_feedback
 from feedback.importer import import_file
 from feedback.queries import adapters as registry
+from feedback.queries import reward_models as rq
 from feedback.replay import replay_log
 from flywheel.cli import app
 from flywheel.settings import Settings
@@ -72,6 +73,18 @@ def test_the_event_log_reproduces_the_first_cycle(two_cycles):
     assert same.matches and same.status == "succeeded" and same.notes == []
     assert same.logged["reward.accuracy"] == first.metrics["reward"]["accuracy"]
     assert same.reproduced["ppo.steps[0].kl"] == first.metrics["ppo"]["steps"][0]["kl"]
+
+
+def test_the_event_log_reproduces_the_second_cycle_with_the_reward_model_it_began_with(
+        two_cycles):
+    settings, engine, _, second = two_cycles
+    with session_scope(engine) as session:
+        before = [(r.version, r.status, r.path) for r in rq.list_reward_models(session)]
+    same = reproduce_cycle(settings, settings.event_log_path, run_id=second.run_id)
+    assert same.matches and same.notes == [], same.differences
+    assert same.reproduced["reward.previous_version"] == "rm-0001"
+    with session_scope(engine) as session:  # the store it came from is left alone
+        assert [(r.version, r.status, r.path) for r in rq.list_reward_models(session)] == before
 
 
 def test_a_missing_parent_adapter_is_said_and_the_mismatch_shown(two_cycles, tmp_path):

@@ -55,14 +55,27 @@ def browser():
 
 @pytest.fixture
 def page(browser, live: LiveServer):
-    """A fresh browser context (a new anonymous user), its console errors collected."""
+    """A fresh browser context (a new anonymous user), its errors collected: uncaught
+    exceptions, and whatever the Content-Security-Policy blocked (which breaks the UI
+    quietly otherwise)."""
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     context.set_default_timeout(20_000)
+    context.add_init_script(CSP_REPORTER)  # init scripts run whatever the policy says
     page = context.new_page()
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("console", lambda m: _collect_csp_violation(page, m.text))
     yield page
     context.close()
+
+
+CSP_REPORTER = """document.addEventListener("securitypolicyviolation", (e) =>
+  console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`));"""
+
+
+def _collect_csp_violation(page, text: str) -> None:
+    if text.startswith("CSP violation: "):
+        page.errors.append(text)
 
 
 @pytest.fixture

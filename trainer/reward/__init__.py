@@ -6,22 +6,24 @@
 
 from trainer.reward.model import RewardModel
 from trainer.reward.store import (
+    Registration,
     current_reward_model,
-    new_version_dir,
-    promote_if_not_worse,
+    model_files,
+    register_reward_model,
+    registered_version,
     reward_models_dir,
-    set_current,
 )
 from trainer.reward.train import RewardConfig, evaluate_reward_model, train_reward_model
 
 __all__ = [
+    "Registration",
     "RewardConfig",
     "RewardModel",
     "current_reward_model",
     "evaluate_reward_model",
-    "new_version_dir",
-    "promote_if_not_worse",
+    "model_files",
+    "register_reward_model",
+    "registered_version",
     "reward_models_dir",
-    "set_current",
     "train_reward_model",
 ]

@@ -77,10 +77,10 @@ def test_refusals_for_load_are_waited_out(app, live, monkeypatch):
                          headers={"Retry-After": "2"})]
     real_check = app.state.rate_limiter.check
 
-    def check(user_id: int, *, cost: int = 1) -> None:
+    def check(user_id: int, *, address: str | None = None, cost: int = 1) -> None:
         if refusals:
             raise refusals.pop(0)
-        real_check(user_id, cost=cost)
+        real_check(user_id, address=address, cost=cost)
 
     monkeypatch.setattr(app.state.rate_limiter, "check", check)
     report = run_crowd(live.url, users=1, turns=3, preference=PREFERENCE, seed=0,

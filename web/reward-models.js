@@ -1,0 +1,50 @@
+// The console's reward-models panel: every reward model in the registry, newest first,
+// which one is current, its accuracy on the held-out split (the same conversations for
+// every version, so versions compare), the pairs it trained on and the model that was
+// current before it. Servers without GET /api/reward-models say "not available".
+import { describeError, h } from "./api.js";
+
+const accuracy = (m) => (typeof m.heldout?.accuracy === "number"
+  ? `${(m.heldout.accuracy * 100).toFixed(1)}%` : "–");
+const count = (n) => (typeof n === "number" ? String(n) : "–");
+
+function row(m) {
+  return h("tr", { class: m.status === "current" ? "current" : null,
+    dataset: { version: m.version } },
+  h("th", { scope: "row" }, m.version),
+  h("td", {}, h("span", { class: `status-pill status-${m.status}` }, m.status)),
+  h("td", {}, accuracy(m)),
+  h("td", {}, count(m.heldout?.pairs)),
+  h("td", {}, count(m.data_window?.pairs)),
+  h("td", {}, m.parent_version ?? "–"),
+  h("td", {}, new Date(m.created_at).toLocaleString()));
+}
+
+/** The panel's content, from GET /api/reward-models. */
+export async function rewardModelsPanel({ api }) {
+  let models;
+  try {
+    models = await api("/api/reward-models");
+  } catch (error) {
+    if (error.status === 404) {
+      return h("p", { class: "muted", dataset: { state: "unavailable" } },
+        "The reward-model registry is not available on this server.");
+    }
+    return h("p", { role: "alert" }, `Could not load reward models: ${describeError(error)}`);
+  }
+  if (!models.length) {
+    return h("p", { class: "muted" },
+      "No reward models yet: the first cycle (or flywheel train reward) trains one.");
+  }
+  const current = models.find((m) => m.status === "current");
+  return h("div", {},
+    h("p", { class: "muted" }, current
+      ? `${current.version} is current. A retrained model that scores worse on the held-out `
+        + "split is rejected; the current one stays."
+      : "No reward model is current."),
+    h("table", { class: "data reward-models" },
+      h("thead", {}, h("tr", {}, ...["Version", "Status", "Held-out accuracy",
+        "Held-out pairs", "Training pairs", "Parent", "Created"].map((t) =>
+        h("th", { scope: "col" }, t)))),
+      h("tbody", {}, models.map(row))));
+}
