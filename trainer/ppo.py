@@ -43,10 +43,17 @@ from trainer.rlhf.ppo_math import (
     token_rewards,
     whiten,
 )
+from trainer.rollout import (
+    Messages,
+    decode,
+    encode_prompt,
+    eos_ids,
+    prompt_batches,
+    sample,
+)
 
 logger = logging.getLogger(__name__)
 
-Messages = list[dict[str, str]]
 RewardFn = Callable[[list[Messages], list[str]], Tensor]
 """(prompts as chat message lists, decoded answers) -> a score per answer, [B]."""
 
@@ -185,10 +192,11 @@ def train_ppo(
         metrics = list(state.metrics)
     first_step = len(metrics) if state is not None and state.generators else 0
     prompt_ids = [encode_prompt(tokenizer, p, config.max_prompt_tokens) for p in prompts]
-    order = _prompt_order(len(prompts), config.batch_size, config.seed)
+    order = prompt_batches(len(prompts), config.batch_size,
+                           torch.Generator().manual_seed(config.seed))
     for _ in range(first_step):  # the batches the resumed run already trained on
         next(order)
-    eos_ids = _eos_ids(policy, tokenizer)
+    eos = eos_ids(policy, tokenizer)
     timings = {"generation": 0.0, "scoring": 0.0, "update": 0.0}
     stop_reason = "steps"
     snapshot = [p.detach().clone() for p in trainable]
@@ -207,10 +215,13 @@ def train_ppo(
         #    log-prob, entropy and value as it is sampled.
         started = time.perf_counter()
         with torch.no_grad():
-            sequences, attention, prompt_len, logprobs, values, entropy = _sample(
-                policy, value_head, tokenizer, [prompt_ids[i] for i in batch], eos_ids, config,
-                generators["sampling"])
-        mask = _response_mask(sequences[:, prompt_len:], eos_ids)
+            rollout = sample(policy, [prompt_ids[i] for i in batch], eos=eos,
+                             pad_id=tokenizer.pad_token_id, max_new_tokens=config.max_new_tokens,
+                             temperature=config.temperature, generator=generators["sampling"],
+                             value_head=value_head)
+        sequences, attention = rollout.batch.sequences, rollout.batch.attention
+        prompt_len, mask = rollout.batch.prompt_len, rollout.batch.mask
+        logprobs, values, entropy = rollout.logprobs, rollout.values, rollout.entropy
         scoring_started = time.perf_counter()
         timings["generation"] += scoring_started - started
 
@@ -219,11 +230,11 @@ def train_ppo(
             with policy.disable_adapter():
                 ref_logprobs, _ = _forward(policy, None, sequences, attention, prompt_len,
                                            config)
-            responses = sequences[:, prompt_len:]
-            completions = _decode(tokenizer, responses, mask, eos_ids)
+            responses = rollout.batch.answers
+            completions = decode(tokenizer, rollout.batch, eos)
             scores = reward_fn([prompts[i] for i in batch], completions).to(device).float()
         has_eos = torch.isin(responses.gather(1, mask.sum(1, keepdim=True).long() - 1),
-                             eos_ids).squeeze(1)
+                             eos).squeeze(1)
         penalised = scores - config.missing_eos_penalty * (~has_eos).float()
         kl = kl_k1(logprobs, ref_logprobs) * mask
         seq_kl = kl.sum(1).mean().item()
@@ -284,100 +295,6 @@ def train_ppo(
 
 
 # -- the pieces -----------------------------------------------------------------------------
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages, max_tokens: int
-                  ) -> list[int]:
-    """The chat-formatted prompt, ready for the answer; truncated from the left."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[-max_tokens:]
-
-
-def _prompt_order(count: int, batch_size: int, seed: int):
-    """Batches of prompt indices: seeded shuffles of all prompts, one after another."""
-    generator = torch.Generator().manual_seed(seed)
-    pending: list[int] = []
-    while True:
-        while len(pending) < batch_size:
-            pending += torch.randperm(count, generator=generator).tolist()
-        yield pending[:batch_size]
-        pending = pending[batch_size:]
-
-
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Tensor:
-    configured = model.generation_config.eos_token_id
-    ids = set(configured if isinstance(configured, list) else [configured])
-    ids |= {tokenizer.eos_token_id}
-    return torch.tensor(sorted(i for i in ids if i is not None), device=model.device)
-
-
-def _sample(policy, value_head, tokenizer, rows, eos_ids, config, generator):
-    """Sample answers to the left-padded prompts `rows` with a KV cache, by inverse CDF (one
-    random number per answer and token: on CPU far cheaper than `torch.multinomial` over a
-    large vocabulary). -> sequences [B, P + T], attention [B, P + T], P, and the answer
-    tokens' log-probs, values and entropies [B, T]."""
-    device, pad = policy.device, tokenizer.pad_token_id
-    width = max(map(len, rows))
-    inputs = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows],
-                             device=device)
-    positions = (attention.cumsum(1) - 1).clamp(min=0)
-    prompts, past = inputs, None
-    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-    tokens, logprobs, values, entropies = [], [], [], []
-    for _ in range(config.max_new_tokens):
-        out = policy(input_ids=inputs, attention_mask=attention, position_ids=positions,
-                     past_key_values=past, use_cache=True, output_hidden_states=True,
-                     logits_to_keep=1)
-        past = out.past_key_values
-        token, logprob, entropy = _draw(out.logits[:, -1].float(), config.temperature,
-                                        generator)
-        token = torch.where(done, pad, token)
-        tokens.append(token)
-        logprobs.append(logprob)
-        entropies.append(entropy)
-        values.append(value_head(out.hidden_states[-1][:, -1]))
-        done |= torch.isin(token, eos_ids)
-        if done.all():
-            break
-        inputs = token[:, None]
-        attention = torch.cat([attention, torch.ones_like(inputs)], dim=1)
-        positions = positions[:, -1:] + 1
-    answers = torch.stack(tokens, dim=1)
-    attention = torch.cat([attention[:, :width], torch.ones_like(answers)], dim=1)
-    return (torch.cat([prompts, answers], dim=1), attention, width, torch.stack(logprobs, 1),
-            torch.stack(values, 1), torch.stack(entropies, 1))
-
-
-def _draw(logits: Tensor, temperature: float, generator: torch.Generator | None = None
-          ) -> tuple[Tensor, Tensor, Tensor]:
-    """One token per row from softmax(logits / temperature) by inverse CDF, with its log-prob
-    and the row's entropy: [B, V] -> three [B], in as few passes over V as it takes."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    shifted = logits - logits.amax(-1, keepdim=True)
-    weights = shifted.exp()
-    total = weights.sum(-1)
-    cdf = weights.cumsum(-1)
-    u = torch.rand(len(logits), 1, device=logits.device, generator=generator) * cdf[:, -1:]
-    token = torch.searchsorted(cdf, u, side="right").squeeze(1).clamp(max=logits.shape[1] - 1)
-    log_total = total.log()
-    logprob = shifted.gather(1, token[:, None]).squeeze(1) - log_total
-    entropy = log_total - (weights * shifted).sum(-1) / total
-    return token, logprob, entropy
-
-
-def _response_mask(responses: Tensor, eos_ids: Tensor) -> Tensor:
-    """1.0 on each answer's tokens up to and including its first EOS."""
-    is_eos = torch.isin(responses, eos_ids).int()
-    return ((is_eos.cumsum(1) - is_eos) == 0).float()
-
-
-def _decode(tokenizer, responses: Tensor, mask: Tensor, eos_ids: Tensor) -> list[str]:
-    keep = mask.bool() & ~torch.isin(responses, eos_ids)
-    return [tokenizer.decode(row[k].tolist(), skip_special_tokens=True)
-            for row, k in zip(responses, keep, strict=True)]
 
 
 def _forward(policy, value_head, sequences, attention, prompt_len, config):

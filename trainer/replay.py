@@ -30,8 +30,8 @@ from flywheel.adapter_store import AdapterStore
 from flywheel.errors import FlywheelError
 from flywheel.model_loading import load_model
 from flywheel.settings import Settings
-from trainer.ppo import encode_prompt
 from trainer.reward import RewardModel, current_reward_model
+from trainer.rollout import encode_prompt
 from trainer.sampling import sampling_kwargs
 
 Messages = list[dict[str, str]]

@@ -6,7 +6,8 @@ import torch
 
 from flywheel.adapter_store import AdapterStore
 from tests.fixtures.tiny_models import build_tiny_model, tiny_tokenizer
-from trainer.ppo import PPOConfig, encode_prompt, prepare_policy, train_ppo
+from trainer.ppo import PPOConfig, prepare_policy, train_ppo
+from trainer.rollout import encode_prompt
 
 PROMPTS = [[{"role": "user", "content": f"tell me about thing number {i}"}] for i in range(6)]
 SMALL = dict(steps=2, batch_size=4, minibatch_size=2, ppo_epochs=2, max_new_tokens=6,
@@ -116,7 +117,8 @@ def test_prompts_keep_their_end_when_truncated(tokenizer):
 
 
 def test_sampled_log_probs_and_values_match_a_full_forward_pass(tokenizer):
-    from trainer.ppo import ValueHead, _eos_ids, _forward, _sample
+    from trainer.ppo import ValueHead, _forward
+    from trainer.rollout import eos_ids, sample
 
     config = PPOConfig(**SMALL)
     policy = prepare_policy(build_tiny_model("llama", tokenizer=tokenizer), config)
@@ -124,28 +126,17 @@ def test_sampled_log_probs_and_values_match_a_full_forward_pass(tokenizer):
     torch.nn.init.normal_(head.linear.weight)
     rows = [encode_prompt(tokenizer, p, 64) for p in PROMPTS[:3]]
     with torch.no_grad():
-        sequences, attention, width, logprobs, values, _ = _sample(
-            policy, head, tokenizer, rows, _eos_ids(policy, tokenizer), config,
-            torch.Generator().manual_seed(0))
-        full_logprobs, full_values = _forward(policy, head, sequences, attention, width, config)
-    assert sequences.shape == (3, width + logprobs.shape[1]) and values.shape == logprobs.shape
-    assert torch.allclose(logprobs, full_logprobs, atol=1e-4)
-    assert torch.allclose(values, full_values, atol=1e-4)
-
-
-def test_draw_samples_the_softmax_and_reports_log_probs_and_entropy():
-    from trainer.ppo import _draw
-
-    probs = torch.tensor([0.2, 0.3, 0.5, 0.0])
-    logits = torch.log(probs).clamp(min=-1e4).repeat(20_000, 1)
-    tokens, logprobs, entropy = _draw(logits, 1.0, torch.Generator().manual_seed(0))
-    counts = torch.bincount(tokens, minlength=4) / len(tokens)
-    assert torch.allclose(counts, probs, atol=0.015) and counts[3] == 0
-    assert torch.allclose(logprobs, torch.log(probs)[tokens], atol=1e-5)
-    expected = -(probs[:3] * probs[:3].log()).sum()
-    assert torch.allclose(entropy, expected.expand(len(tokens)), atol=1e-5)
-    hot_tokens, hot_logprobs, _ = _draw(logits[:8], 2.0)  # temperature 2: softmax(logits / 2)
-    assert torch.allclose(hot_logprobs, torch.log_softmax(logits[0] / 2, -1)[hot_tokens])
+        rollout = sample(policy, rows, eos=eos_ids(policy, tokenizer),
+                         pad_id=tokenizer.pad_token_id, max_new_tokens=config.max_new_tokens,
+                         temperature=config.temperature, generator=torch.Generator(),
+                         value_head=head)
+        batch = rollout.batch
+        full_logprobs, full_values = _forward(policy, head, batch.sequences, batch.attention,
+                                              batch.prompt_len, config)
+    mask = batch.mask.bool()
+    assert rollout.values.shape == rollout.logprobs.shape == batch.mask.shape
+    assert torch.allclose(rollout.logprobs[mask], full_logprobs[mask], atol=1e-4)
+    assert torch.allclose(rollout.values[mask], full_values[mask], atol=1e-4)
 
 
 def test_the_run_neither_reads_nor_reseeds_the_process_wide_rng(tokenizer):

@@ -8,6 +8,7 @@ from tests.fixtures.tiny_models import build_tiny_model, tiny_tokenizer
 from trainer.rollout import (
     answer_logprobs,
     decode,
+    draw,
     encode_exchange,
     encode_prompt,
     eos_ids,
@@ -129,3 +130,16 @@ def test_prompt_batches_go_through_every_prompt_before_repeating_one():
     first = [next(batches) for _ in range(5)]  # 10 indices: two full shuffles
     flat = [i for batch in first for i in batch]
     assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:]) == list(range(5))
+
+
+def test_draw_samples_the_softmax_and_reports_log_probs_and_entropy():
+    probs = torch.tensor([0.2, 0.3, 0.5, 0.0])
+    logits = torch.log(probs).clamp(min=-1e4).repeat(20_000, 1)
+    tokens, logprobs, entropy = draw(logits, 1.0, torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=4) / len(tokens)
+    assert torch.allclose(counts, probs, atol=0.015) and counts[3] == 0
+    assert torch.allclose(logprobs, torch.log(probs)[tokens], atol=1e-5)
+    expected = -(probs[:3] * probs[:3].log()).sum()
+    assert torch.allclose(entropy, expected.expand(len(tokens)), atol=1e-5)
+    hot_tokens, hot_logprobs, _ = draw(logits[:8], 2.0)  # temperature 2: softmax(logits / 2)
+    assert torch.allclose(hot_logprobs, torch.log_softmax(logits[0] / 2, -1)[hot_tokens])
