@@ -3,6 +3,7 @@ through the real server (`flywheel serve`, a subprocess on 127.0.0.1, the demo m
 SQLite or PostgreSQL. Prints one JSON line of figures.
 
     python bench/load.py [--db sqlite|postgresql] [--voters 100] [--streams 16]
+                         [--models-dir DIR]  # reuse a built demo model
 
 Each voter is an anonymous browser (its own session cookie): one chat turn through
 `/v1/chat/completions` with two answers, then `--rounds` rounds of votes on those answers
@@ -12,11 +13,13 @@ answers back to back, a poller calls `/healthz` every 50 ms, and, once the votes
 the oversized request of issue 11 (199 alternating long user and short assistant turns,
 about 0.8 MB, no key) is sent again and again for `--oversized-s` seconds. PostgreSQL runs
 in a throwaway database on `--pg` (dropped afterwards). Everything is bounded: every
-request times out, and the run ends when the voters are done.
+request times out (60 s), votes not started by `--deadline-s` are counted as failed, and
+the run ends when the voters are done.
 
 Figures:
   votes_ok, votes_failed      vote requests answered 2xx / anything else (target: 0 failed)
-  vote_failures               the failed ones by status (0: no HTTP answer)
+  vote_failures               the failed ones by status (0: no HTTP answer, -1: not cast
+                              before --deadline-s; a request times out after 60 s)
   vote_p50_ms, vote_p99_ms    one vote request (target p99: < 1 s PostgreSQL, < 2 s SQLite)
   turns_ok, turns_failed      the voters' chat turns
   streams_ok, streams_broken  streamed answers completed / broken (target: 0 broken)
@@ -24,8 +27,9 @@ Figures:
   healthz_oversized_p50_ms, _p99_ms   … of polls sent while an oversized request was open
   oversized_sent, oversized_statuses, oversized_ms_max   the oversized requests
   server_log_errors           ERROR lines in the server's log
-  elapsed_s, server_cpu_s, load_average   the run's length, the CPU time the server used
-                              in it, and the machine's load at its end (other jobs count)
+  elapsed_s, server_cpu_s, bench_cpu_s, load_average   the run's length, the CPU time the
+                              server used in it, the CPU time of the benchmark's own
+                              clients, and the machine's load at the end (others count)
 """
 
 import argparse
@@ -97,6 +101,7 @@ class Run:
         self.healthz: list[tuple[float, float]] = []  # (sent at, seconds)
         self.oversized: list[tuple[float, float, int]] = []  # (sent, answered, status)
         self.errors: list[str] = []
+        self.deadline = float("inf")  # votes not cast by then count as failed (status -1)
 
 
 async def call(http: httpx.AsyncClient, method: str, path: str, body=None) -> httpx.Response:
@@ -146,6 +151,9 @@ async def voter(url: str, i: int, rounds: int, barrier: asyncio.Barrier, run: Ru
             return
         prompt, (a, b) = turn
         for r in range(rounds):
+            if time.monotonic() > run.deadline:
+                run.votes.extend([(0.0, -1)] * 5 * (rounds - r))
+                return
             thumb = 1 if r % 2 == 0 else -1
             await vote(http, "PUT", f"/api/messages/{a}/rating",
                        {"thumb": thumb, "reasons": ["helpful"]}, run)
@@ -195,6 +203,7 @@ async def send_oversized(url: str, start: asyncio.Event, seconds: float, run: Ru
 
 async def drive(url: str, args) -> Run:
     run = Run()
+    run.deadline = time.monotonic() + args.deadline_s
     stop, polled = asyncio.Event(), threading.Event()
     voting = asyncio.Event()
     barrier = asyncio.Barrier(args.voters + 1)
@@ -256,6 +265,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32, help="max_tokens of each stream")
     parser.add_argument("--oversized-s", type=float, default=5.0)
+    parser.add_argument("--deadline-s", type=float, default=300.0,
+                        help="votes not started by then count as failed (-1)")
     parser.add_argument("--models-dir", type=Path, default=None,
                         help="where the demo model is (built there if missing); default: "
                         "built afresh for the run")
@@ -288,6 +299,7 @@ def main() -> None:
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         result = figures(run, args, data_dir / "server.log")
     result.update(elapsed_s=round(elapsed, 1), server_cpu_s=round(cpu, 1),
+                  bench_cpu_s=round(cpu_seconds(os.getpid()), 1),
                   load_average=round(os.getloadavg()[0], 1))
     print(json.dumps(result))
 
