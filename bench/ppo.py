@@ -25,13 +25,12 @@ Figures:
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from sides import fastest_of_rounds
 
 from flywheel.model_loading import load_model, lora_config
 
@@ -144,17 +143,7 @@ def main() -> None:
                "new_tokens": args.new_tokens, "lora_r": args.lora_r,
                "trl_trainer": "RLOOTrainer", "device": "cuda" if torch.cuda.is_available()
                else f"cpu ({torch.get_num_threads()} threads)"}
-    best: dict[str, dict] = {}
-    for _ in range(args.rounds):
-        for side in ("flywheel", "trl"):
-            out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side],
-                                 check=True, capture_output=True, text=True).stdout
-            run = json.loads(out.strip().splitlines()[-1])
-            rate = run[f"{side}_samples_per_s"]
-            if side not in best or rate > best[side][f"{side}_samples_per_s"]:
-                best[side] = run
-    figures.update(best["flywheel"], **best["trl"])
-    figures["speedup"] = figures["flywheel_samples_per_s"] / figures["trl_samples_per_s"]
+    figures.update(fastest_of_rounds(__file__, args.rounds, "samples_per_s"))
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                       for k, v in figures.items()}))
 

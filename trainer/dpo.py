@@ -30,6 +30,7 @@ from trainer.rlhf.ppo_math import kl_k1, kl_k3, masked_mean, masked_sum
 from trainer.rollout import (
     Batch,
     Messages,
+    RewardFn,
     answer_logprobs,
     decode,
     encode_exchange,
@@ -42,10 +43,6 @@ from trainer.rollout import (
 )
 
 logger = logging.getLogger(__name__)
-
-RewardFn = Callable[[list[Messages], list[str]], Tensor]
-"""(prompts as chat message lists, decoded answers) -> a score per answer, [B]."""
-
 
 @dataclass
 class DPOConfig:

@@ -15,7 +15,8 @@ from transformers import PreTrainedTokenizerBase
 from trainer.data import Pair
 from trainer.demonstrations import Demonstration
 from trainer.dpo import DPOConfig, train_dpo, train_online_dpo
-from trainer.ppo import Messages, PPOConfig, PPOState, RewardFn, train_ppo
+from trainer.ppo import PPOConfig, PPOState, train_ppo
+from trainer.rollout import Messages, RewardFn
 from trainer.sft import SFTConfig, train_sft
 
 METHODS = ("ppo", "dpo", "online_dpo")

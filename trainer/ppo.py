@@ -45,6 +45,7 @@ from trainer.rlhf.ppo_math import (
 )
 from trainer.rollout import (
     Messages,
+    RewardFn,
     decode,
     encode_prompt,
     eos_ids,
@@ -53,10 +54,6 @@ from trainer.rollout import (
 )
 
 logger = logging.getLogger(__name__)
-
-RewardFn = Callable[[list[Messages], list[str]], Tensor]
-"""(prompts as chat message lists, decoded answers) -> a score per answer, [B]."""
-
 
 @dataclass
 class PPOConfig:

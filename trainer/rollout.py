@@ -9,7 +9,7 @@ only on the positions that predict a real answer token: not over prompts, not ov
 Every random draw comes from a generator the caller owns, never from the process-wide RNG.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trainer.rlhf.ppo_math import logprobs_from_logits
 
 Messages = list[dict[str, str]]
+RewardFn = Callable[[list[Messages], list[str]], Tensor]
+"""(prompts as chat message lists, decoded answers) -> a score per answer, [B]."""
 
 
 @dataclass
