@@ -59,6 +59,8 @@ CYCLE = {
     "reward": {"max_length": 64, "batch_size": 16, "epochs": 1},
     "ppo": {"steps": 40, "batch_size": 32, "minibatch_size": 16, "ppo_epochs": 2,
             "learning_rate": 1.5e-3, "max_new_tokens": 24, "beta": 0.05, "kl_cap": 15.0},
+    "dpo": {"steps": 40, "prompts_per_step": 16, "answers_per_prompt": 4, "batch_size": 16,
+            "learning_rate": 1e-3, "max_new_tokens": 24, "max_length": 96, "kl_cap": 15.0},
     "eval": {"max_prompts": 32, "max_new_tokens": 24},
 }
 
@@ -73,12 +75,20 @@ def main() -> None:
     parser.add_argument("--preference", default="flywheel.simulate.preferences:kindness")
     parser.add_argument("--judge", type=int, default=256, help="prompts per side-by-side judgement")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=("ppo", "dpo", "online_dpo"), default="ppo",
+                        help="the cycle's policy method")
+    parser.add_argument("--recipe", type=json.loads, default={},
+                        help='JSON merged into the cycle recipe by section, e.g. '
+                             '\'{"ppo": {"beta": 0.01}}\'')
     parser.add_argument("--data-dir", type=Path, help="keep the run here (default: a temp dir)")
     args = parser.parse_args()
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="flywheel-loop-"))
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "cycle.json").write_text(json.dumps(CYCLE))
+    recipe = {**CYCLE, "method": args.method}
+    for name, value in args.recipe.items():
+        recipe[name] = {**recipe.get(name, {}), **value} if isinstance(value, dict) else value
+    (data_dir / "cycle.json").write_text(json.dumps(recipe))
     port = _free_port()
     server = _start_up(data_dir, port, min_feedback=int(args.round_votes * 0.9))
     url = f"http://127.0.0.1:{port}"
@@ -128,6 +138,7 @@ def main() -> None:
         "final_kl": final.get("kl_to_base"),
         "kl_cap": KL_CAP, "votes": votes, "minutes": round(minutes, 2), "cycles": len(cycles),
         "promoted": len(promoted), "careless": args.careless, "adversarial": args.adversarial,
+        "preference": args.preference, "recipe": recipe,
         "crowd": {"turns": sum(c["turns"] for c in crowd),
                   "errors": sum(c["errors"] for c in crowd),
                   "turns_per_s": [c["turns_per_s"] for c in crowd]},
