@@ -39,6 +39,7 @@ from trainer.rollout import (
     fit,
     make_batch,
     prompt_batches,
+    restore,
     sample,
 )
 
@@ -205,9 +206,7 @@ def train_online_dpo(
 
         # 3. Hard KL cap: this policy went too far; go back to the last one within the cap.
         if kl > config.kl_cap:
-            with torch.no_grad():
-                for param, saved in zip(trainable, snapshot, strict=True):
-                    param.copy_(saved)
+            restore(trainable, snapshot)
             logger.warning("KL %.2f is over the cap %.2f at step %d: stopping", kl,
                            config.kl_cap, step)
             metrics.append({**log, "stopped": 1.0})

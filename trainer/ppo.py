@@ -50,6 +50,7 @@ from trainer.rollout import (
     encode_prompt,
     eos_ids,
     prompt_batches,
+    restore,
     sample,
 )
 
@@ -248,7 +249,7 @@ def train_ppo(
 
         # 3. Hard KL cap: this policy went too far; go back to the last one within the cap.
         if seq_k3 > config.kl_cap:
-            _restore(trainable, snapshot)
+            restore(trainable, snapshot)
             logger.warning("KL %.2f is over the cap %.2f at step %d: stopping", seq_k3,
                            config.kl_cap, step)
             metrics.append({**log, "stopped": 1.0})
@@ -307,9 +308,3 @@ def _forward(policy, value_head, sequences, attention, prompt_len, config):
     if value_head is not None:
         values = value_head(out.hidden_states[-1][:, prompt_len - 1 : -1])
     return logprobs, values
-
-
-def _restore(params: list[nn.Parameter], saved: list[Tensor]) -> None:
-    with torch.no_grad():
-        for param, value in zip(params, saved, strict=True):
-            param.copy_(value)

@@ -232,3 +232,10 @@ def decode(tokenizer: PreTrainedTokenizerBase, batch: Batch, eos: Tensor) -> lis
     keep = batch.mask.bool() & ~torch.isin(batch.answers, eos)
     return [tokenizer.decode(row[k].tolist(), skip_special_tokens=True)
             for row, k in zip(batch.answers, keep, strict=True)]
+
+
+def restore(params: list[nn.Parameter], saved: list[Tensor]) -> None:
+    """Put `saved` values back into `params` (a run going back to its last good step)."""
+    with torch.no_grad():
+        for param, value in zip(params, saved, strict=True):
+            param.copy_(value)
