@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,7 +51,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.hotswap import free_port, ms, percentile  # noqa: E402
+from bench.hotswap import free_port, ms, percentile, start_server  # noqa: E402
 from flywheel.demo_model import ensure_demo_model  # noqa: E402
 from tests.server.hotswap_fixtures import stream_chat  # noqa: E402
 
@@ -67,28 +66,6 @@ def oversized_body() -> dict:
     turns = [{"role": "user" if i % 2 == 0 else "assistant",
               "content": long if i % 2 == 0 else "ok"} for i in range(199)]
     return {"model": "demo", "messages": turns, "max_tokens": 8}
-
-
-def start_server(data_dir: Path, db_url: str, port: int) -> subprocess.Popen:
-    """`flywheel serve` on 127.0.0.1, its limits out of the way of the load."""
-    env = {**os.environ, "FLYWHEEL_DATA_DIR": str(data_dir), "FLYWHEEL_DB": db_url,
-           "FLYWHEEL_MODEL": "demo", "FLYWHEEL_RATE_LIMIT_PER_MINUTE": "10000000",
-           "FLYWHEEL_SIDE_BY_SIDE_SHARE": "0", "FLYWHEEL_MAX_QUEUE": "1000",
-           "HF_HUB_OFFLINE": "1"}
-    log = (data_dir / "server.log").open("w")  # noqa: SIM115 — the server owns it
-    process = subprocess.Popen([sys.executable, "-m", "flywheel", "serve", "--host",
-                                "127.0.0.1", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", trust_env=False).is_success:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    tail = (data_dir / "server.log").read_text().splitlines()[-20:]
-    raise SystemExit("the server did not start:\n" + "\n".join(tail))
 
 
 class Run:
@@ -286,7 +263,7 @@ def main() -> None:
                 conn.execute(text(f'CREATE DATABASE "{name}"'))
             db_url = make_url(args.pg).set(database=name).render_as_string(hide_password=False)
         port = free_port()
-        process = start_server(data_dir, db_url, port)
+        process = start_server(data_dir, port, FLYWHEEL_DB=db_url)
         try:
             started, cpu = time.monotonic(), cpu_seconds(process.pid)
             run = asyncio.run(drive(f"http://127.0.0.1:{port}", args))

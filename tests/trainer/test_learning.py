@@ -15,11 +15,10 @@ import re
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from flywheel.demo_model import CHAT_TEMPLATE
 from tests.trainer.synthetic import BAD_WORDS, GOOD_WORDS, TOPICS, synthetic_pairs, synthetic_prompt
+from tests.trainer.word_model import word_tokenizer
 from trainer.ppo import PPOConfig, prepare_policy, train_ppo
 from trainer.reward import RewardConfig, train_reward_model
 
@@ -33,18 +32,9 @@ PPO = PPOConfig(steps=15, batch_size=32, minibatch_size=16, ppo_epochs=2, max_ne
                 learning_rate=2e-3, beta=0.1, seed=0)
 
 
-def word_tokenizer() -> PreTrainedTokenizerFast:
+def learning_tokenizer() -> PreTrainedTokenizerFast:
     text = " ".join(["user assistant system : tell me about", *ADJECTIVES, *TOPICS, TEMPLATE])
-    words = sorted(set(re.findall(r"\w+|[^\w\s]", text.lower())))
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]",
-        unk_token="[UNK]", model_input_names=["input_ids", "attention_mask"],
-        chat_template=CHAT_TEMPLATE, padding_side="left")
+    return word_tokenizer(sorted(set(re.findall(r"\w+|[^\w\s]", text.lower()))))
 
 
 def pretrained_policy(tokenizer, *, steps: int = 60) -> LlamaForCausalLM:
@@ -97,7 +87,7 @@ def test_ppo_learns_the_preference_the_reward_model_learned_from_votes():
         RewardConfig(max_length=32, batch_size=8, epochs=2, lr=2e-4, device="cpu"))
     assert metrics["accuracy"] >= 0.9, metrics
 
-    tokenizer = word_tokenizer()
+    tokenizer = learning_tokenizer()
     policy = prepare_policy(pretrained_policy(tokenizer), PPO)
     with policy.disable_adapter():
         before = sample_answers(policy, tokenizer)

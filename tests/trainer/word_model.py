@@ -16,8 +16,10 @@ WORDS = ("user", "assistant", ":", ",", ".", "tell", "me", "about", "cats", "dog
          "fish", "yes", "no", "maybe", "good", "bad", "red", "blue", "is", "a", "kind", "thing")
 
 
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
+def word_tokenizer(words: tuple[str, ...] | list[str] = WORDS) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `words` (lower-cased; punctuation splits off), with the
+    demo's chat template."""
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
