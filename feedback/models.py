@@ -85,6 +85,36 @@ class FlagCategory(StrEnum):
     other = "other"
 
 
+class FlagStatus(StrEnum):
+    open = "open"  # not reviewed yet
+    resolved = "resolved"  # an operator agreed and acted on it
+    dismissed = "dismissed"  # an operator found nothing in it: no longer a bad label
+
+
+class ReviewKind(StrEnum):
+    flag = "flag"
+    thumbs_down = "thumbs_down"  # a thumbs-down with a comment
+    rewrite = "rewrite"
+    disagreement = "disagreement"  # users voted the same item opposite ways
+
+
+class ReviewStatus(StrEnum):
+    open = "open"
+    accepted = "accepted"
+    dismissed = "dismissed"
+    excluded = "excluded"
+    redacted = "redacted"
+
+
+class ExclusionScope(StrEnum):
+    message = "message"  # every vote on one message
+    rating = "rating"
+    comparison = "comparison"
+    rewrite = "rewrite"
+    flag = "flag"
+    user = "user"  # every vote of one user, later ones included
+
+
 class AdapterStatus(StrEnum):
     training = "training"
     candidate = "candidate"
@@ -210,6 +240,8 @@ class Flag(SQLModel, table=True):
     category: str = Field(max_length=32)
     comment: str = Field(default="", sa_type=Text)
     created_at: datetime = _timestamp()
+    status: str = Field(default=FlagStatus.open, max_length=16, index=True,
+                        sa_column_kwargs={"server_default": FlagStatus.open.value})
 
 
 # -- the learning loop -----------------------------------------------------------------
@@ -313,3 +345,56 @@ class AnnotatorQuality(SQLModel, table=True):
     reward_model_agreement: float | None = None  # share of the user's votes it agrees with
     reward_model_items: int = 0  # how many of the user's votes it judged
     computed_at: datetime = _timestamp()
+
+
+# -- the review queue ------------------------------------------------------------------
+
+
+class ReviewItem(SQLModel, table=True):
+    """Feedback waiting for an operator (`feedback.queries.review`): a flag, a thumbs-down
+    with a comment, a rewrite, or an item users disagree on, and how it was resolved."""
+
+    __tablename__ = "review_item"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16, index=True)  # a ReviewKind
+    # What it reviews, e.g. "flag:12" or "disagreement:<digest>": an item is made once.
+    key: str = Field(max_length=96, unique=True)
+    message_id: int | None = Field(default=None, foreign_key="message.id", ondelete="CASCADE",
+                                   index=True)
+    user_id: int | None = Field(default=None, foreign_key="user.id", ondelete="CASCADE",
+                                index=True)  # who raised it (none for a disagreement)
+    flag_id: int | None = Field(default=None, foreign_key="flag.id", ondelete="CASCADE")
+    rating_id: int | None = Field(default=None, foreign_key="rating.id", ondelete="CASCADE")
+    rewrite_id: int | None = Field(default=None, foreign_key="rewrite.id", ondelete="CASCADE")
+    # A disagreement's votes: {"ratings": [ids], "comparisons": [ids]}.
+    detail: dict[str, Any] = _json(default=dict)
+    status: str = Field(default=ReviewStatus.open, max_length=16, index=True)
+    exclude_scope: str | None = Field(default=None, max_length=16)  # message, vote or user
+    note: str = Field(default="", sa_type=Text)
+    decided_by_id: int | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")
+    decided_by: str | None = Field(default=None, max_length=64)  # the operator's handle
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = _timestamp()
+
+
+class TrainingExclusion(SQLModel, table=True):
+    """Feedback that training, exports and replays leave out: one message's votes, one
+    vote, or every vote of one user (`scope` names which of the ids is set)."""
+
+    __tablename__ = "training_exclusion"
+
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str = Field(max_length=16)  # an ExclusionScope
+    message_id: int | None = Field(default=None, foreign_key="message.id", ondelete="CASCADE")
+    rating_id: int | None = Field(default=None, foreign_key="rating.id", ondelete="CASCADE")
+    comparison_id: int | None = Field(default=None, foreign_key="comparison.id",
+                                      ondelete="CASCADE")
+    rewrite_id: int | None = Field(default=None, foreign_key="rewrite.id", ondelete="CASCADE")
+    flag_id: int | None = Field(default=None, foreign_key="flag.id", ondelete="CASCADE")
+    user_id: int | None = Field(default=None, foreign_key="user.id", ondelete="CASCADE")
+    review_item_id: int | None = Field(default=None, foreign_key="review_item.id",
+                                       ondelete="SET NULL")
+    actor_id: int | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")
+    actor: str = Field(max_length=64)
+    created_at: datetime = _timestamp()

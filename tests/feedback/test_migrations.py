@@ -26,7 +26,7 @@ def test_upgrade_runs_once_and_reaches_head(db_url):
     tables = set(inspect(engine).get_table_names())
     upgrade(engine)  # every start runs it: the second time is a no-op
 
-    assert current_revision(engine) == _head(engine) == "0004"
+    assert current_revision(engine) == _head(engine) == "0005"
     assert set(inspect(engine).get_table_names()) == tables
     assert tables == set(SQLModel.metadata.tables) | {"alembic_version"}
     engine.dispose()
