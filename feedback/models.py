@@ -59,6 +59,7 @@ class Role(StrEnum):
     user = "user"
     operator = "operator"
     admin = "admin"
+    judge = "judge"  # an AI annotator: votes on any answer; its votes are AI feedback
 
 
 class MessageRole(StrEnum):
@@ -153,6 +154,12 @@ class User(SQLModel, table=True):
     role: str = Field(default=Role.user, max_length=16)
     api_key_hash: str | None = Field(default=None, max_length=64, unique=True, index=True)
     created_at: datetime = _timestamp()
+    # The API key's life: refused after `api_key_expires_at` (None: never expires);
+    # `api_key_last_used_at` is updated at most once a minute (`feedback.queries.users`);
+    # a revoked key leaves `api_key_hash` empty and the time it was revoked.
+    api_key_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    api_key_last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    api_key_revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Conversation(SQLModel, table=True):
@@ -264,6 +271,9 @@ class Adapter(SQLModel, table=True):
     eval_report: dict[str, Any] | None = _json(nullable=True)
     traffic_share: float = 0.0
     reward_model_version: str | None = Field(default=None, max_length=64)  # trained with it
+    # Its training data included a user who was erased since (`feedback.erasure`): retrain.
+    trained_on_erased_data: bool = Field(default=False, sa_column_kwargs={
+        "server_default": text("false")})
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
 
@@ -291,6 +301,9 @@ class RewardModelVersion(SQLModel, table=True):
     data_window: dict[str, Any] = _json(default=dict)
     heldout: dict[str, Any] | None = _json(nullable=True)  # accuracy, loss, ece, pairs
     status: str = Field(default=RewardModelStatus.current, max_length=16, index=True)
+    # Its training data included a user who was erased since (`feedback.erasure`): retrain.
+    trained_on_erased_data: bool = Field(default=False, sa_column_kwargs={
+        "server_default": text("false")})
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
 
@@ -398,3 +411,13 @@ class TrainingExclusion(SQLModel, table=True):
     actor_id: int | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")
     actor: str = Field(max_length=64)
     created_at: datetime = _timestamp()
+
+
+class Erasure(SQLModel, table=True):
+    """That a user's data was erased, and nothing else about them: no id, no handle, no
+    content (`feedback.erasure`). The event log keeps this record in place of theirs."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    actor: str = Field(max_length=64)  # who erased: "self", an admin's handle, "cli:<login>"
+    rows: dict[str, Any] = _json(default=dict)  # how many rows of each table went
+    erased_at: datetime = _timestamp()

@@ -26,7 +26,7 @@ def test_upgrade_runs_once_and_reaches_head(db_url):
     tables = set(inspect(engine).get_table_names())
     upgrade(engine)  # every start runs it: the second time is a no-op
 
-    assert current_revision(engine) == _head(engine) == "0005"
+    assert current_revision(engine) == _head(engine) == "0006"
     assert set(inspect(engine).get_table_names()) == tables
     assert tables == set(SQLModel.metadata.tables) | {"alembic_version"}
     engine.dispose()
@@ -61,4 +61,26 @@ def test_0004_keeps_the_registry_and_adds_reward_models(db_url):
         assert conn.execute(text(
             "SELECT action, reward_model_version FROM audit_event")).all() == [("promote", None)]
         assert conn.execute(text("SELECT count(*) FROM reward_model")).scalar() == 0
+    engine.dispose()
+
+
+def test_0006_keeps_users_and_the_registry_unmarked(db_url):
+    engine = make_engine(db_url)
+    command.upgrade(alembic_config(engine), "0005")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO \"user\" (handle, role, api_key_hash, created_at) "
+                          "VALUES ('alice', 'admin', 'h', CURRENT_TIMESTAMP)"))
+        conn.execute(text(
+            "INSERT INTO adapter (version, base_model, path, sha256, status, traffic_share, "
+            "created_at, updated_at) VALUES ('policy-v1', 'demo', '/a', '', 'live', 0, "
+            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text(
+            "SELECT handle, api_key_hash, api_key_expires_at, api_key_revoked_at "
+            "FROM \"user\"")).all() == [("alice", "h", None, None)]
+        assert conn.execute(text(
+            "SELECT version, trained_on_erased_data FROM adapter")).all() \
+            == [("policy-v1", False)]
+        assert conn.execute(text("SELECT count(*) FROM erasure")).scalar() == 0
     engine.dispose()
