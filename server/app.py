@@ -31,6 +31,7 @@ from server.routes import (
     conversations,
     feedback_browser,
     flags,
+    leaderboard,
     openai,
     operations,
     ratings,
@@ -108,7 +109,8 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
 
     for module in (operations, chat_ws, openai, conversations, ratings, comparisons,
-                   rewrites, flags, adapters, reward_models, annotators, feedback_browser):
+                   rewrites, flags, adapters, reward_models, annotators, feedback_browser,
+                   leaderboard):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

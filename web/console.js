@@ -8,6 +8,7 @@ import {
   accuracyChart, accuracyPoints, lineChart, pct, volumeChart, winRateChart,
 } from "./charts.js";
 import { feedbackBrowser } from "./feedback-browser.js";
+import { leaderboardPanel } from "./leaderboard.js";
 import { renderMarkdown } from "./markdown.js";
 import { rewardModelsPanel } from "./reward-models.js";
 
@@ -202,6 +203,10 @@ async function loadRewardModels() {
   $("reward-models").replaceChildren(await rewardModelsPanel({ api: operatorApi }));
 }
 
+async function loadLeaderboard() {
+  $("leaderboard").replaceChildren(await leaderboardPanel({ api: operatorApi }));
+}
+
 async function loadAnnotators() {
   $("annotators").replaceChildren(await annotatorsPanel({ api: operatorApi,
     onUser: browser.showUser }));
@@ -217,7 +222,7 @@ async function refresh() {
   if (!key) return;
   try {
     await Promise.all([loadAdapters(), loadRuns(), loadVolume(), loadRewardModels(),
-      loadAnnotators(), browser.load()]);
+      loadAnnotators(), loadLeaderboard(), browser.load()]);
     showSections(true);
     $("banner").hidden = true;
   } catch (error) {

@@ -13,6 +13,7 @@ import typer
 from flywheel import __version__
 from flywheel.cli import (
     adapters,
+    leaderboard,
     loop,
     replay,
     reward_models,
@@ -54,5 +55,6 @@ app.add_typer(store.feedback_app, name="feedback")
 app.add_typer(store.db_app, name="db")
 app.command("demo-model")(serving.demo_model)
 app.command("simulate")(simulate.simulate)
+app.command("leaderboard")(leaderboard.leaderboard)
 app.add_typer(training.train_app, name="train")
 app.add_typer(training.eval_app, name="eval")
