@@ -12,7 +12,9 @@ Types, in dependency order: user, conversation, message, rating, comparison, rew
 (the feedback), then reward_model, adapter, training_run, audit_event (the registry and its
 history) and annotator_quality (each user's agreement with the last reward model, which
 weighs their votes in training). Version 2 files written before reward models joined the
-registry have no reward_model records, and read as they are.
+registry have no reward_model records, and read as they are. After audit_event come
+review_item and training_exclusion (the operators' review queue and what they left out of
+training: `feedback.queries.review`); older files have none, and their flags read as open.
 
 A record whose (type, id) appeared earlier is a newer state of that row: ratings are
 changed, comparisons decided, adapters and reward models move through their statuses. An export
@@ -36,17 +38,23 @@ from feedback.models import (
     Choice,
     Comparison,
     Conversation,
+    ExclusionScope,
     Flag,
     FlagCategory,
+    FlagStatus,
     Message,
     MessageRole,
     Rating,
+    ReviewItem,
+    ReviewKind,
+    ReviewStatus,
     RewardModelStatus,
     RewardModelVersion,
     Rewrite,
     Role,
     RunKind,
     RunStatus,
+    TrainingExclusion,
     TrainingRun,
     User,
 )
@@ -58,6 +66,7 @@ MODELS: dict[str, type[SQLModel]] = {
     "comparison": Comparison, "rewrite": Rewrite, "flag": Flag,
     "reward_model": RewardModelVersion, "adapter": Adapter, "training_run": TrainingRun,
     "audit_event": AuditEvent,
+    "review_item": ReviewItem, "training_exclusion": TrainingExclusion,
     "annotator_quality": AnnotatorQuality}
 FEEDBACK_TYPES = ("user", "conversation", "message", "rating", "comparison", "rewrite", "flag")
 KEYS = {kind: "user_id" if kind == "annotator_quality" else "id" for kind in MODELS}
@@ -76,6 +85,12 @@ REFERENCES: dict[str, dict[str, str]] = {
     "adapter": {},
     "training_run": {},
     "audit_event": {"actor_id": "user"},
+    "review_item": {"message_id": "message", "user_id": "user", "flag_id": "flag",
+                    "rating_id": "rating", "rewrite_id": "rewrite", "decided_by_id": "user"},
+    "training_exclusion": {"message_id": "message", "rating_id": "rating",
+                           "comparison_id": "comparison", "rewrite_id": "rewrite",
+                           "flag_id": "flag", "user_id": "user",
+                           "review_item_id": "review_item", "actor_id": "user"},
     "annotator_quality": {},  # its key, user_id, is a user's id
 }
 ALLOWED: dict[tuple[str, str], set[Any]] = {
@@ -83,12 +98,16 @@ ALLOWED: dict[tuple[str, str], set[Any]] = {
     ("rating", "thumb"): {-1, 1}, ("comparison", "choice"): {*Choice, None},
     ("flag", "category"): set(FlagCategory), ("adapter", "status"): set(AdapterStatus),
     ("reward_model", "status"): set(RewardModelStatus),
+    ("flag", "status"): set(FlagStatus), ("review_item", "kind"): set(ReviewKind),
+    ("review_item", "status"): set(ReviewStatus),
+    ("training_exclusion", "scope"): set(ExclusionScope),
     ("training_run", "kind"): set(RunKind), ("training_run", "status"): set(RunStatus)}
 # The column that dates a record's state: rows that change carry the time of the change.
 STATE_TIME = {"user": "created_at", "conversation": "created_at", "message": "created_at",
               "rating": "updated_at", "comparison": "updated_at", "rewrite": "created_at",
               "flag": "created_at", "reward_model": "updated_at", "adapter": "updated_at",
-              "training_run": "started_at",
+              "training_run": "started_at", "review_item": "created_at",
+              "training_exclusion": "created_at",
               "audit_event": "created_at", "annotator_quality": "computed_at"}
 
 

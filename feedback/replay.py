@@ -9,6 +9,10 @@ keys (a log never holds them). With `until`, only the records whose state began 
 before that time count (`feedback.logformat.STATE_TIME`): the store as it was then, as far
 as the log tells (an event log holds every state; an export only the last one of each row).
 
+Exclusions from training (`training_exclusion`) apply whatever `until` says: an operator's
+exclusion made after the window still leaves out the votes, messages and users of the
+window that it names, so a replayed training run never sees them.
+
 A store that already holds rows is refused: merging a log into one, with new ids, is what
 `feedback import` does. The whole replay is one transaction; a bad line aborts it with
 `FILE:LINE: reason`. On PostgreSQL the id sequences are moved past the replayed ids.
@@ -67,6 +71,7 @@ def replay_log(engine: Engine, path: str | Path, *, until: datetime | None = Non
             _refuse_a_store_with_rows(session)
             writer = _Writer(session, report)
             left_out = set(skip)
+            late_exclusions: list[LogRecord] = []
             for number, raw in iter_lines(path, on_progress=on_progress):
                 report.lines += 1
                 try:
@@ -78,11 +83,17 @@ def replay_log(engine: Engine, path: str | Path, *, until: datetime | None = Non
                         continue
                     record = from_log(obj)
                     if until is not None and record.time is not None and record.time > until:
-                        report.after_until += 1
+                        if record.kind == "training_exclusion":
+                            late_exclusions.append(record)
+                        else:
+                            report.after_until += 1
                     elif (record.kind, record.key) not in left_out:
                         writer.add(record)
                 except FormatError as e:
                     raise e.at(path, number) from None
+            writer.flush()
+            for record in late_exclusions:
+                writer.add_late_exclusion(record)
             writer.flush()
             report.rows = _counts(session)
             if engine.dialect.name == "postgresql":
@@ -158,6 +169,18 @@ class _Writer:
         self.waiting += 1
         if self.waiting >= BATCH or kind in ONE_AT_A_TIME:
             self.flush()
+
+    def add_late_exclusion(self, record: LogRecord) -> None:
+        """An exclusion made after `until`, if what it excludes is in the store (the review
+        item and the operator it names are forgotten where they are not)."""
+        row = dict(record.row or {})
+        for name, target in REFERENCES[record.kind].items():
+            if row.get(name) is not None and row[name] not in self.stored[target]:
+                if name not in ("review_item_id", "actor_id"):
+                    self.report.after_until += 1
+                    return
+                row[name] = None
+        self.add(record._replace(row=row))
 
     def _refers_to_waiting(self, kind: str, row: dict[str, Any]) -> bool:
         for name, target in REFERENCES[kind].items():

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     auto_promote_min_win_rate: float = 0.55  # reward-model win rate over the live adapter
     auto_promote_max_kl: float = 5.0  # nats per answer to the base model
     auto_promote_max_degenerate: float = 0.1  # share of empty or degenerate answers
+    # Rewrites train (as demonstrations and chosen answers) only once an operator accepts
+    # them in the review queue; off by default, so an unattended loop learns from them at
+    # once, as before the queue (dismissing or excluding one takes it back either way).
+    review_rewrites: bool = False
 
     @field_validator("previous_secret_keys", "allowed_origins", mode="before")
     @classmethod

@@ -183,7 +183,8 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
     if resumed is None:
         reward_model, rm_dir, train_prompts, eval_prompts, pairs = _reward_stage(
             settings, engine, config, progress)
-        demos = demonstrations(engine, seed=config.seed)
+        demos = demonstrations(engine, seed=config.seed,
+                               approved_rewrites_only=settings.review_rewrites)
         with session_scope(engine) as session:
             live = registry.live_adapter(session)
             live_version = live.version if live else None
@@ -259,7 +260,8 @@ def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progr
     cycle trains waits for the next one (and a replay of the log up to the window's end
     sees what the cycle saw)."""
     until = utcnow().isoformat()  # the reward model sees every vote to date
-    split = preference_pairs(engine, seed=config.seed)
+    split = preference_pairs(engine, seed=config.seed,
+                             approved_rewrites_only=settings.review_rewrites)
     prompts = user_prompts(engine, limit=config.prompt_limit, seed=config.seed)
 
     # Every kind of vote to date, starting from the current reward model. The new one

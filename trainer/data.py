@@ -8,7 +8,13 @@ From the store (DESIGN §3):
 * thumbs: on answers to the same prompt, every up-voted answer beats every down-voted one
   (votes on one answer are summed first); each thumb is also a pointwise label;
 * rewrites: the user's rewrite beats the answer it rewrites;
-* flags: a flagged answer is a bad label.
+* flags: a flagged answer is a bad label, from the moment it is flagged, as a thumbs-down
+  is (an operator's dismissal of the flag takes it back).
+
+What operators left out in the review queue (`feedback.queries.exclusions`: dismissed
+flags and rewrites, excluded messages, votes and users, redacted texts) makes no pair,
+label or PPO prompt; with `approved_rewrites_only` (`FLYWHEEL_REVIEW_REWRITES=1`) a
+rewrite counts only once an operator accepted it.
 
 Each pair and label is weighted by its kind (`SOURCE_WEIGHTS`: pairs inferred from
 separate thumbs count half) times its user's annotator weight
@@ -40,6 +46,7 @@ from feedback.formats import Preference, read_records
 from feedback.models import Choice, Message, MessageRole
 from feedback.queries.annotators import annotator_weights
 from feedback.queries.conversations import message_paths, user_message_ids
+from feedback.queries.exclusions import training_filter
 from feedback.queries.votes import iter_comparisons, iter_flags, iter_ratings, iter_rewrites
 
 Messages = list[dict[str, str]]
@@ -105,7 +112,8 @@ def user_prompts(engine: Engine, *, limit: int | None = None, seed: int = 0) -> 
     """Real user turns from the store, each as the thread up to and including it (role /
     content dicts), deduplicated by content, in a seeded random order."""
     with session_scope(engine) as session:
-        ids = user_message_ids(session)
+        kept = training_filter(session)
+        ids = [i for i in user_message_ids(session) if kept.keeps_message(i)]
         random.Random(seed).shuffle(ids)
         prompts: list[Messages] = []
         seen: set[tuple] = set()
@@ -127,13 +135,15 @@ def user_prompts(engine: Engine, *, limit: int | None = None, seed: int = 0) -> 
 
 def preference_pairs(engine: Engine, *, max_user_share: float = DEFAULT_MAX_USER_SHARE,
                      heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+                     approved_rewrites_only: bool = False,
                      seed: int = 0, annotator_weighting: bool = True) -> PreferenceSplit:
     """Every pair and label the store's feedback yields, weighted by annotator quality
     (unless `annotator_weighting` is off), capped and split (module doc)."""
     if engine.dialect.name == "postgresql":  # one snapshot, even while the server writes
         engine = engine.execution_options(isolation_level="REPEATABLE READ")
     with session_scope(engine) as session:
-        pairs, labels, stats = store_feedback(session)
+        pairs, labels, stats = store_feedback(session,
+                                              approved_rewrites_only=approved_rewrites_only)
         if annotator_weighting:
             weights = annotator_weights(session)
             pairs = [_reweighted(p, weights, stats) for p in pairs]
@@ -142,13 +152,17 @@ def preference_pairs(engine: Engine, *, max_user_share: float = DEFAULT_MAX_USER
                  heldout_fraction=heldout_fraction, seed=seed, stats=stats)
 
 
-def store_feedback(session: Session) -> tuple[list[Pair], list[Label], dict[str, int]]:
-    """Every pair and label of the store, one per vote (not yet deduplicated, capped or
-    weighted by annotator), and counts of what made none (ties, both bad)."""
-    comparisons = list(iter_comparisons(session, decided_only=True))
-    ratings = list(iter_ratings(session))
-    rewrites = list(iter_rewrites(session))
-    flags = list(iter_flags(session))
+def store_feedback(session: Session, *, approved_rewrites_only: bool = False
+                   ) -> tuple[list[Pair], list[Label], dict[str, int]]:
+    """Every pair and label of the store, one per vote not left out (module doc; not yet
+    deduplicated, capped or weighted by annotator), and counts of what made none (ties,
+    both bad)."""
+    kept = training_filter(session, approved_rewrites_only=approved_rewrites_only)
+    comparisons = list(filter(kept.keeps_comparison,
+                              iter_comparisons(session, decided_only=True)))
+    ratings = list(filter(kept.keeps_rating, iter_ratings(session)))
+    rewrites = list(filter(kept.keeps_rewrite, iter_rewrites(session)))
+    flags = list(filter(kept.keeps_flag, iter_flags(session)))
     ids = {m for c in comparisons for m in c.candidate_ids}
     ids |= {r.message_id for r in ratings} | {r.message_id for r in rewrites}
     ids |= {f.message_id for f in flags}

@@ -1,6 +1,8 @@
 """Demonstrations for SFT (the classic recipe's stage 1): the users' rewrites of answers.
 
-Each rewrite in the store becomes one example: the conversation up to the user turn that the
+Each rewrite in the store that operators did not leave out (`feedback.queries.exclusions`;
+with `approved_rewrites_only`, `FLYWHEEL_REVIEW_REWRITES=1`, each one they approved) becomes
+one example: the conversation up to the user turn that the
 rewritten answer replied to, and the improved text. Like the preference pairs
 (`trainer.data`), each is weighted by its user's annotator weight, duplicates (the same
 prompt and text) are kept once at their heaviest, and no one user's share goes over the cap.
@@ -14,6 +16,7 @@ from feedback.db import session_scope
 from feedback.models import MessageRole
 from feedback.queries.annotators import annotator_weights
 from feedback.queries.conversations import message_paths
+from feedback.queries.exclusions import training_filter
 from feedback.queries.votes import iter_rewrites
 from trainer.data import (
     BATCH,
@@ -44,13 +47,15 @@ class Demonstration:
 
 
 def demonstrations(engine: Engine, *, annotator_weighting: bool = True,
+                   approved_rewrites_only: bool = False,
                    max_user_share: float | None = DEFAULT_MAX_USER_SHARE,
                    seed: int = 0) -> list[Demonstration]:
     """Every rewrite of the store as a demonstration, in the order they were written,
     weighted by annotator quality (unless `annotator_weighting` is off), deduplicated and
     capped per user (module doc)."""
     with session_scope(engine) as session:
-        rewrites = list(iter_rewrites(session))
+        kept = training_filter(session, approved_rewrites_only=approved_rewrites_only)
+        rewrites = list(filter(kept.keeps_rewrite, iter_rewrites(session)))
         weights = annotator_weights(session) if annotator_weighting else {}
         found: list[Demonstration] = []
         for chunk in _batches(rewrites, BATCH):

@@ -64,13 +64,17 @@ def feedback_export(
     db: DbOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Export feedback in a format TRL and `datasets` read as it is."""
+    """Export feedback in a format TRL and `datasets` read as it is, without what operators
+    left out of training (and, with FLYWHEEL_REVIEW_REWRITES=1, sft without the rewrites
+    not yet approved)."""
     from feedback.db import open_store
     from feedback.exporter import export_feedback
 
-    engine = open_store(settings_from(db=db, data_dir=data_dir).db_url)
+    settings = settings_from(db=db, data_dir=data_dir)
+    engine = open_store(settings.db_url)
     with progress_bar(f"exporting {fmt}") as on_progress:
-        count = export_feedback(engine, fmt=fmt.value, out=out, on_progress=on_progress)
+        count = export_feedback(engine, fmt=fmt.value, out=out, on_progress=on_progress,
+                                approved_rewrites_only=settings.review_rewrites)
     typer.echo(f"wrote {count} {fmt.value} records to {out}")
 
 

@@ -75,7 +75,8 @@ def train_reward(
     else:
         window = {"source": "feedback store", "since": None, "until": utcnow().isoformat()}
         split = preference_pairs(engine, max_user_share=max_user_share,
-                                 heldout_fraction=heldout_fraction, seed=seed)
+                                 heldout_fraction=heldout_fraction, seed=seed,
+                                 approved_rewrites_only=settings.review_rewrites)
         where = "the feedback store"
     if not split.train:
         raise FlywheelError(f"no preference pairs to train on in {where} "
