@@ -44,6 +44,7 @@ from trainer.data import preference_pairs, user_prompts
 from trainer.demonstrations import demonstrations
 from trainer.dpo import DPOConfig
 from trainer.evaluate import EvalConfig, evaluate_candidate, render_markdown
+from trainer.parallel_stages import train_policy_on, train_reward_model_on
 from trainer.policy_stage import METHODS, PolicyRecipe, train_policy
 from trainer.ppo import PPOConfig, PPOState, prepare_policy
 from trainer.reward import (
@@ -51,7 +52,6 @@ from trainer.reward import (
     RewardModel,
     current_reward_model,
     register_reward_model,
-    train_reward_model,
 )
 from trainer.sft import SFTConfig
 
@@ -69,6 +69,7 @@ class CycleConfig:
     seed: int = 0
     method: str = "ppo"  # how the policy learns: "ppo", "dpo" or "online_dpo"
     min_demonstrations: int = 20  # rewrites before a cycle starts with SFT on them
+    processes: int = 1  # data-parallel training processes (torchrun) for the RM and policy
     reward: RewardConfig = field(default_factory=RewardConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -108,6 +109,10 @@ def cycle_config_from(settings: Settings) -> CycleConfig:
     if config.method not in METHODS:
         raise FlywheelError(f"cycle config {path}: unknown method {config.method!r} "
                             f"(expected one of {', '.join(METHODS)})")
+    if not isinstance(config.processes, int) or config.processes < 1:
+        raise FlywheelError(f"cycle config {path}: processes must be a whole number ≥ 1")
+    if config.processes > 1 and config.method == "online_dpo":
+        raise FlywheelError(f"cycle config {path}: online_dpo runs on one process")
     return replace(config, **sections)
 
 
@@ -208,15 +213,25 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
     if adapter_weights is not None:
         set_peft_model_state_dict(policy, adapter_weights)
 
+    resume_info = {"reward_model": str(rm_dir), "parent": live_version,
+                   "train_prompts": train_prompts, "eval_prompts": eval_prompts}
+
     def keep(state: PPOState) -> None:  # all that a resume needs, in one atomic file
         save_state(checkpoint, state, adapter=get_peft_model_state_dict(policy),
-                   metrics=metrics, reward_model=str(rm_dir), parent=live_version,
-                   train_prompts=train_prompts, eval_prompts=eval_prompts)
+                   metrics=metrics, **resume_info)
 
-    result = train_policy(policy, loaded.tokenizer, config.policy_recipe(),
-                          prompts=train_prompts, pairs=pairs, demonstrations=demos,
-                          reward_fn=lambda p, c: reward_model.score(p, c), progress=progress,
-                          ppo_state=ppo_state, checkpoint=keep)
+    if config.processes > 1:  # the same, data-parallel (trainer/parallel_stages.py)
+        result = train_policy_on(
+            config.processes, policy, config.policy_recipe(), model=settings.model,
+            models_dir=settings.models_dir, adapters_dir=settings.adapters_dir,
+            warm_start=live_version, prompts=train_prompts, pairs=pairs, demonstrations=demos,
+            reward_model=rm_dir, progress=progress, ppo_state=ppo_state,
+            checkpoint_path=checkpoint, resume_info=resume_info, metrics=metrics)
+    else:
+        result = train_policy(policy, loaded.tokenizer, config.policy_recipe(),
+                              prompts=train_prompts, pairs=pairs, demonstrations=demos,
+                              reward_fn=lambda p, c: reward_model.score(p, c),
+                              progress=progress, ppo_state=ppo_state, checkpoint=keep)
 
     # 3. Evaluate against the live adapter (or the base model) on held-out prompts.
     baseline = None
@@ -273,9 +288,10 @@ def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progr
     previous = current_reward_model(engine, settings.data_dir)
     recipe = replace(config.reward, models_dir=config.reward.models_dir or settings.models_dir,
                      base_model=config.reward.base_model or settings.model)
-    reward_model, rm_metrics = train_reward_model(split.train, split.heldout, recipe,
-                                                  train_labels=split.train_labels,
-                                                  warm_start=previous)
+    reward_model, rm_metrics = train_reward_model_on(config.processes, split.train,
+                                                     split.heldout, recipe,
+                                                     train_labels=split.train_labels,
+                                                     warm_start=previous)
     registered = register_reward_model(
         engine, reward_model, data_dir=settings.data_dir, validation_pairs=split.heldout,
         data_window={"since": None, "until": until, "pairs": len(split.train),

@@ -25,6 +25,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from trainer.data import Pair
+from trainer.distributed import ONE_PROCESS, DataParallel, data_parallel
 from trainer.rlhf.dpo_math import dpo_loss, weighted_mean
 from trainer.rlhf.ppo_math import kl_k1, kl_k3, masked_mean, masked_sum
 from trainer.rollout import (
@@ -102,27 +103,38 @@ def train_dpo(
         return make_batch(prompts * 2, [encoded[i][1] for i in rows] +
                           [encoded[i][2] for i in rows], tokenizer.pad_token_id, device)
 
-    # 1. The reference's log-probs, once: it is frozen and the pairs are fixed.
-    ref_chosen, ref_rejected = torch.empty(len(pairs)), torch.empty(len(pairs))
+    # 1. The reference's log-probs, once: it is frozen and the pairs are fixed. On N
+    #    processes each rank takes its part of the pairs, and they swap results.
+    dp = data_parallel()
+    mine = torch.arange(len(pairs))[dp.part(len(pairs), allow_empty=True)]
+    ref_chosen, ref_rejected = torch.empty(len(mine)), torch.empty(len(mine))
     with torch.no_grad(), policy.disable_adapter():
-        for rows in torch.arange(len(pairs)).split(config.batch_size):
-            chosen, rejected = _logps(policy, pair_batch(rows.tolist())).cpu().chunk(2)
+        for rows in torch.arange(len(mine)).split(config.batch_size):
+            chosen, rejected = _logps(policy, pair_batch(mine[rows].tolist())).cpu().chunk(2)
             ref_chosen[rows], ref_rejected[rows] = chosen, rejected
+    ref_chosen, ref_rejected = dp.gather_rows(ref_chosen), dp.gather_rows(ref_rejected)
     ref_chosen, ref_rejected = ref_chosen.to(device), ref_rejected.to(device)
     timings = {"reference": time.perf_counter() - started, "update": 0.0}
 
     # 2. Epochs of shuffled batches: the policy's log-probs (adapter on), the loss, a step.
+    #    On N processes each rank trains on its part of every batch (trainer/distributed.py).
     trainable = [p for p in policy.parameters() if p.requires_grad]
+    dp.sync_parameters(trainable)
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     order = torch.Generator().manual_seed(config.seed)
     metrics: list[dict[str, float]] = []
     for epoch in range(config.epochs):
-        for rows in torch.randperm(len(pairs), generator=order).split(config.batch_size):
+        for batch in torch.randperm(len(pairs), generator=order).split(config.batch_size):
             update_started = time.perf_counter()
+            mine = batch[dp.part(len(batch), allow_empty=True)]
+            share = (dp.world_size * weights[mine.to(device)].sum()
+                     / weights[batch.to(device)].sum().clamp_min(1e-8)).item()
+            rows = mine if len(mine) else batch[:1]  # a rank without rows runs one, share 0
             chosen, rejected = _logps(policy, pair_batch(rows.tolist())).chunk(2)
             rows = rows.to(device)
             log = _update(optimizer, trainable, config, chosen, rejected, ref_chosen[rows],
-                          ref_rejected[rows], weights[rows])
+                          ref_rejected[rows], weights[rows], share=share, dp=dp,
+                          counted=len(mine) > 0)
             timings["update"] += time.perf_counter() - update_started
             metrics.append({"step": len(metrics), "epoch": epoch, **log})
             if on_step:
@@ -155,6 +167,9 @@ def train_online_dpo(
         raise ValueError("online DPO needs at least one prompt")
     if config.answers_per_prompt < 2:
         raise ValueError("online DPO needs at least 2 answers per prompt to make a pair")
+    if data_parallel().world_size > 1:
+        raise ValueError("online DPO runs on one process (PPO, DPO and the reward model run "
+                         "on several)")
     device = next(policy.parameters()).device
     policy.eval()
     eos = eos_ids(policy, tokenizer)
@@ -262,19 +277,26 @@ def _logps(policy: PeftModel, batch: Batch) -> Tensor:
 
 
 def _update(optimizer, trainable, config: DPOConfig, chosen: Tensor, rejected: Tensor,
-            ref_chosen: Tensor, ref_rejected: Tensor, weights: Tensor | None = None
+            ref_chosen: Tensor, ref_rejected: Tensor, weights: Tensor | None = None, *,
+            share: float = 1.0, dp: DataParallel = ONE_PROCESS, counted: bool = True
             ) -> dict[str, float]:
-    """One gradient step on the DPO loss of a batch of pairs; returns its figures."""
+    """One gradient step on the DPO loss of a batch of pairs; returns its figures. On N
+    processes these are this rank's pairs of a global batch, `share` scales its loss (see
+    `DataParallel.minibatches`), and the figures are the global batch's; a rank that only
+    stands in (not `counted`) adds nothing to them."""
     losses, chosen_rewards, rejected_rewards = dpo_loss(
         chosen, rejected, ref_chosen, ref_rejected, beta=config.beta,
         label_smoothing=config.label_smoothing)
     loss = weighted_mean(losses, weights)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (share * loss).backward()
+    dp.sync_gradients(trainable)
     torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
     optimizer.step()
+    kept = slice(None) if counted else slice(0)
+    chosen_rewards, rejected_rewards = chosen_rewards[kept], rejected_rewards[kept]
     margin = chosen_rewards - rejected_rewards
-    return {"loss": loss.item(), "margin": margin.mean().item(),
-            "accuracy": (margin > 0).float().mean().item(),
-            "chosen_reward": chosen_rewards.mean().item(),
-            "rejected_reward": rejected_rewards.mean().item()}
+    return {"loss": dp.shares(share, [loss])[0], "margin": dp.mean(margin),
+            "accuracy": dp.mean((margin > 0).float()),
+            "chosen_reward": dp.mean(chosen_rewards),
+            "rejected_reward": dp.mean(rejected_rewards)}

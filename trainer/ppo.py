@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from flywheel.adapter_store import AdapterStore
 from flywheel.model_loading import init_lora_weights, lora_config
+from trainer.distributed import data_parallel
 from trainer.rlhf.ppo_math import (
     KLController,
     clipped_policy_loss,
@@ -41,7 +42,6 @@ from trainer.rlhf.ppo_math import (
     masked_mean,
     masked_sum,
     token_rewards,
-    whiten,
 )
 from trainer.rollout import (
     Messages,
@@ -173,6 +173,8 @@ def train_ppo(
     policy.eval()
     value_head = ValueHead(policy.config.hidden_size).to(device)
     trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+    dp = data_parallel()  # on N processes: each rolls out its part of a batch (distributed.py)
+    dp.sync_parameters(trainable)
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     controller = KLController(config.beta, target=config.kl_target, horizon=config.kl_horizon)
     generators = {"sampling": torch.Generator(device).manual_seed(config.seed),
@@ -209,13 +211,15 @@ def train_ppo(
 
     for step in range(first_step, config.steps):
         batch = next(order)
+        part = dp.part(len(batch))  # this rank's prompts of the global batch
         # 1. Rollout: sample answers with the policy (adapter on), keeping each token's
         #    log-prob, entropy and value as it is sampled.
         started = time.perf_counter()
         with torch.no_grad():
-            rollout = sample(policy, [prompt_ids[i] for i in batch], eos=eos,
+            rollout = sample(policy, [prompt_ids[i] for i in batch[part]], eos=eos,
                              pad_id=tokenizer.pad_token_id, max_new_tokens=config.max_new_tokens,
-                             temperature=config.temperature, generator=generators["sampling"],
+                             temperature=config.temperature,
+                             generator=dp.sampling_generator(generators["sampling"], step),
                              value_head=value_head)
         sequences, attention = rollout.batch.sequences, rollout.batch.attention
         prompt_len, mask = rollout.batch.prompt_len, rollout.batch.mask
@@ -230,21 +234,21 @@ def train_ppo(
                                            config)
             responses = rollout.batch.answers
             completions = decode(tokenizer, rollout.batch, eos)
-            scores = reward_fn([prompts[i] for i in batch], completions).to(device).float()
+            scores = reward_fn([prompts[i] for i in batch[part]], completions).to(device).float()
         has_eos = torch.isin(responses.gather(1, mask.sum(1, keepdim=True).long() - 1),
                              eos).squeeze(1)
         penalised = scores - config.missing_eos_penalty * (~has_eos).float()
         kl = kl_k1(logprobs, ref_logprobs) * mask
-        seq_kl = kl.sum(1).mean().item()
-        seq_k3 = masked_sum(kl_k3(logprobs, ref_logprobs), mask, dim=1).mean().item()
+        seq_kl = dp.mean(kl.sum(1))  # figures over every rank's answers
+        seq_k3 = dp.mean(masked_sum(kl_k3(logprobs, ref_logprobs), mask, dim=1))
         rewards = token_rewards(penalised, kl, mask, controller.beta)
         advantages, returns = gae(rewards, values, mask, gamma=config.gamma, lam=config.lam)
-        advantages = whiten(advantages, mask)
-        log = {"step": step, "score": scores.mean().item(), "reward": rewards.sum(1).mean().item(),
+        advantages = dp.whiten(advantages, mask)
+        log = {"step": step, "score": dp.mean(scores), "reward": dp.mean(rewards.sum(1)),
                "kl": seq_kl, "kl_k3": seq_k3, "beta": controller.beta,
-               "entropy": masked_mean(entropy, mask).item(),
-               "response_length": mask.sum(1).mean().item(),
-               "eos_fraction": has_eos.float().mean().item()}
+               "entropy": dp.masked_mean(entropy, mask),
+               "response_length": dp.mean(mask.sum(1)),
+               "eos_fraction": dp.mean(has_eos.float())}
         timings["scoring"] += time.perf_counter() - scoring_started
 
         # 3. Hard KL cap: this policy went too far; go back to the last one within the cap.
@@ -264,8 +268,9 @@ def train_ppo(
         stats: dict[str, list[float]] = {k: [] for k in (
             "policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl")}
         for _ in range(config.ppo_epochs):
-            for mb in torch.randperm(len(batch), generator=generators["minibatches"]
-                                     ).split(config.minibatch_size):
+            splits = torch.randperm(len(batch), generator=generators["minibatches"]
+                                    ).split(config.minibatch_size)
+            for mb, share in dp.minibatches(splits, mask.sum(1)):  # share: of the token mean
                 new_logprobs, new_values = _forward(policy, value_head, sequences[mb],
                                                     attention[mb], prompt_len, config)
                 m = mask[mb]
@@ -274,13 +279,14 @@ def train_ppo(
                 vf_loss, value_clip_fraction = clipped_value_loss(
                     new_values, values[mb], returns[mb], m, config.clip_range_value)
                 optimizer.zero_grad(set_to_none=True)
-                (pg_loss + config.vf_coef * vf_loss).backward()
+                (share * (pg_loss + config.vf_coef * vf_loss)).backward()
+                dp.sync_gradients(trainable)
                 torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
                 approx_kl = masked_mean(0.5 * (new_logprobs - logprobs[mb]) ** 2, m)
-                for key, value in zip(stats, (pg_loss, vf_loss, clip_fraction,
-                                              value_clip_fraction, approx_kl), strict=True):
-                    stats[key].append(value.item())
+                for key, value in zip(stats, dp.shares(share, (pg_loss, vf_loss, clip_fraction,
+                                              value_clip_fraction, approx_kl)), strict=True):
+                    stats[key].append(value)
         controller.update(seq_k3, len(batch))
         timings["update"] += time.perf_counter() - update_started
         metrics.append({**log, **{k: sum(v) / len(v) for k, v in stats.items()}})

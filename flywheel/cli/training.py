@@ -19,6 +19,9 @@ class Backbone(StrEnum):
     policy_lora = "policy-lora"
 
 
+ProcessesOption = Annotated[int, typer.Option(
+    min=1, help="Train data-parallel on N processes of this machine (torchrun: gloo on CPU, "
+    "NCCL with a GPU each). Under torchrun (several machines) leave it out.")]
 DataFileOption = Annotated[Path | None, typer.Option(
     "--data", help="A preference file (JSON lines, optionally .gz: TRL preference, TRL "
     "unpaired or Anthropic HH). \\[default: the feedback store]", show_default=False)]
@@ -26,6 +29,7 @@ DataFileOption = Annotated[Path | None, typer.Option(
 
 @train_app.command("reward")
 def train_reward(
+    ctx: typer.Context,
     data: DataFileOption = None,
     out: Annotated[Path | None, typer.Option(
         help="Where to save the reward model (not registered). \\[default: the next version "
@@ -49,6 +53,7 @@ def train_reward(
     actor: Annotated[str | None, typer.Option(
         help="Who trains it, for the audit trail. \\[default: your login name]",
         show_default=False)] = None,
+    processes: ProcessesOption = 1,
     db: DbOption = None,
     data_dir: DataDirOption = None,
     model: ModelOption = None,
@@ -61,36 +66,48 @@ def train_reward(
     from feedback.formats import FormatError
     from feedback.models import utcnow
     from trainer.data import pairs_from_file, preference_pairs
+    from trainer.distributed import on_main
     from trainer.reward import RewardConfig, register_reward_model, train_reward_model
 
+    dp, device = _data_parallel(ctx, processes)
     settings = settings_from(db=db, data_dir=data_dir, model=model)
-    engine = (open_store(settings.db_url, event_log=settings.event_log_path)
-              if data is None or out is None else None)  # the store, or the registry
-    if data is not None:
-        try:
-            split = pairs_from_file(data, heldout_fraction=heldout_fraction, seed=seed)
-        except FormatError as e:
-            raise FlywheelError(str(e)) from None
-        where, window = str(data), {"source": str(data)}
-    else:
-        window = {"source": "feedback store", "since": None, "until": utcnow().isoformat()}
-        split = preference_pairs(engine, max_user_share=max_user_share,
-                                 heldout_fraction=heldout_fraction, seed=seed,
-                                 approved_rewrites_only=settings.review_rewrites)
-        where = "the feedback store"
-    if not split.train:
-        raise FlywheelError(f"no preference pairs to train on in {where} "
-                            f"({split.stats.get('heldout_pairs', 0)} held out)")
-    typer.echo(f"training on {len(split.train)} pairs and {len(split.train_labels)} labels, "
-               f"{len(split.heldout)} pairs held out")
+    engine = (open_store(settings.db_url, event_log=settings.event_log_path)  # rank 0's alone
+              if dp.is_main and (data is None or out is None) else None)
+
+    def read() -> tuple:  # on rank 0; every rank gets its result
+        if data is not None:
+            try:
+                split = pairs_from_file(data, heldout_fraction=heldout_fraction, seed=seed)
+            except FormatError as e:
+                raise FlywheelError(str(e)) from None
+            where, window = str(data), {"source": str(data)}
+        else:
+            window = {"source": "feedback store", "since": None, "until": utcnow().isoformat()}
+            split = preference_pairs(engine, max_user_share=max_user_share,
+                                     heldout_fraction=heldout_fraction, seed=seed,
+                                     approved_rewrites_only=settings.review_rewrites)
+            where = "the feedback store"
+        if not split.train:
+            raise FlywheelError(f"no preference pairs to train on in {where} "
+                                f"({split.stats.get('heldout_pairs', 0)} held out)")
+        return split, window
+
+    split, window = on_main(dp, read)
+    if dp.is_main:
+        typer.echo(f"training on {len(split.train)} pairs and {len(split.train_labels)} "
+                   f"labels, {len(split.heldout)} pairs held out"
+                   + (f", on {dp.world_size} processes" if dp.world_size > 1 else ""))
     config = RewardConfig(backbone=backbone.value, base_model=settings.model,
                           models_dir=settings.models_dir, max_length=max_length, epochs=epochs,
                           batch_size=batch_size, lr=lr, margin=margin, center_coef=center_coef,
-                          seed=seed)
+                          seed=seed, device=device)
     with progress_bar("training the reward model") as on_progress:
         reward_model, metrics = train_reward_model(split.train, split.heldout, config,
                                                    train_labels=split.train_labels,
-                                                   on_progress=on_progress)
+                                                   on_progress=on_progress if dp.is_main
+                                                   else None)
+    if not dp.is_main:  # rank 0 saves and registers
+        return
     if out is None:
         registered = register_reward_model(
             engine, reward_model, data_dir=settings.data_dir, validation_pairs=split.heldout,
@@ -135,6 +152,7 @@ def eval_reward(
 
 @train_app.command("ppo")
 def train_ppo_command(
+    ctx: typer.Context,
     reward_model: Annotated[Path | None, typer.Option(
         "--reward-model", help="A saved reward model directory. \\[default: the current one "
         "in the registry]", show_default=False)] = None,
@@ -157,6 +175,7 @@ def train_ppo_command(
         "--version", "--out", help="The new adapter's version. \\[default: the next policy-vN]",
         show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seeds sampling, prompt order and the init.")] = 0,
+    processes: ProcessesOption = 1,
     db: DbOption = None,
     data_dir: DataDirOption = None,
     model: ModelOption = None,
@@ -172,42 +191,58 @@ def train_ppo_command(
     from flywheel.adapter_store import AdapterStore
     from flywheel.model_loading import load_model
     from trainer.data import user_prompts
+    from trainer.distributed import on_main
     from trainer.ppo import PPOConfig, prepare_policy, train_ppo
     from trainer.reward import RewardModel, current_reward_model, registered_version
 
+    dp, device = _data_parallel(ctx, processes)
     settings = settings_from(db=db, data_dir=data_dir, model=model)
-    engine = open_store(settings.db_url, event_log=settings.event_log_path)
-    reward_model = reward_model or current_reward_model(engine, settings.data_dir)
-    if reward_model is None:
-        raise FlywheelError("no reward model: train one with `flywheel train reward` or pass "
-                            "--reward-model")
-    rm_version = registered_version(engine, settings.data_dir, reward_model)
-    if prompts is not None:
-        turns, source = _read_prompts(prompts), str(prompts)
-    else:
-        turns, source = user_prompts(engine, limit=prompt_limit, seed=seed), "feedback store"
-    if not turns:
-        raise FlywheelError(f"no prompts to train on in the {source}")
-    with session_scope(engine) as session:
-        live = registry.live_adapter(session) if warm_start else None
-        parent = live.version if live else None
+    engine = (open_store(settings.db_url, event_log=settings.event_log_path)  # rank 0's alone
+              if dp.is_main else None)
     store = AdapterStore(settings.adapters_dir)
-    version = version or store.next_version()
     config = PPOConfig(steps=steps, batch_size=batch_size, minibatch_size=min(8, batch_size),
                        learning_rate=lr, max_new_tokens=max_new_tokens, beta=beta,
                        kl_cap=kl_cap, seed=seed)
-    with session_scope(engine) as session:
-        run_id = runs.start_run(session, kind="ppo", config={
-            **asdict(config), "reward_model": str(reward_model), "warm_start": parent},
-            data_window={"prompts": len(turns), "source": source}).id
+
+    def read() -> tuple:  # on rank 0; every rank gets its result
+        scorer_path = reward_model or current_reward_model(engine, settings.data_dir)
+        if scorer_path is None:
+            raise FlywheelError("no reward model: train one with `flywheel train reward` or "
+                                "pass --reward-model")
+        if prompts is not None:
+            turns, source = _read_prompts(prompts), str(prompts)
+        else:
+            turns, source = user_prompts(engine, limit=prompt_limit, seed=seed), "feedback store"
+        if not turns:
+            raise FlywheelError(f"no prompts to train on in the {source}")
+        if batch_size < dp.world_size:
+            raise FlywheelError(f"--batch-size {batch_size} is less than the "
+                                f"{dp.world_size} processes: each needs a prompt a step")
+        with session_scope(engine) as session:
+            live = registry.live_adapter(session) if warm_start else None
+            parent = live.version if live else None
+        return scorer_path, turns, source, parent, version or store.next_version()
+
+    reward_model, turns, source, parent, version = on_main(dp, read)
+    if dp.is_main:
+        rm_version = registered_version(engine, settings.data_dir, reward_model)
+        with session_scope(engine) as session:
+            run_id = runs.start_run(session, kind="ppo", config={
+                **asdict(config), "reward_model": str(reward_model), "warm_start": parent,
+                "processes": dp.world_size},
+                data_window={"prompts": len(turns), "source": source}).id
     try:
-        loaded = load_model(settings.model, models_dir=settings.models_dir)
-        scorer = RewardModel.load(reward_model, models_dir=settings.models_dir)
+        loaded = load_model(settings.model, models_dir=settings.models_dir, device=device)
+        scorer = RewardModel.load(reward_model, models_dir=settings.models_dir, device=device)
         policy = prepare_policy(loaded.model, config, store=store, warm_start=parent)
-        typer.echo(f"PPO on {len(turns)} prompts from the {source}, "
-                   f"{'warm start from ' + parent if parent else 'fresh LoRA'}")
-        result = train_ppo(policy, loaded.tokenizer, turns,
-                           lambda p, c: scorer.score(p, c), config, on_step=_print_step)
+        if dp.is_main:
+            typer.echo(f"PPO on {len(turns)} prompts from the {source}, "
+                       f"{'warm start from ' + parent if parent else 'fresh LoRA'}"
+                       + (f", on {dp.world_size} processes" if dp.world_size > 1 else ""))
+        result = train_ppo(policy, loaded.tokenizer, turns, lambda p, c: scorer.score(p, c),
+                           config, on_step=_print_step if dp.is_main else None)
+        if not dp.is_main:  # rank 0 saves and registers
+            return
         stored = store.save(result.model, version, adapter_name="default", parent=parent,
                             base_model=settings.model)
         summary = {"adapter": version, "stop_reason": result.stop_reason,
@@ -220,11 +255,39 @@ def train_ppo_command(
                                       reward_model_version=rm_version)
             runs.finish_run(session, run_id=run_id, metrics=summary, adapter_version=version)
     except BaseException as e:
-        with session_scope(engine) as session:
-            runs.fail_run(session, run_id=run_id, error=f"{type(e).__name__}: {e}")
+        if dp.is_main:
+            with session_scope(engine) as session:
+                runs.fail_run(session, run_id=run_id, error=f"{type(e).__name__}: {e}")
         raise
     typer.echo(f"saved adapter {version} to {stored.path} (registered as training)")
     typer.echo(json.dumps(summary))
+
+
+def _data_parallel(ctx: typer.Context, processes: int):
+    """(this process's place among the ranks, its device) for a training command: with
+    `processes` > 1 the command line runs again under torchrun and this process exits with
+    its code; under torchrun it joins the process group (left when the command ends)."""
+    from trainer.distributed import run_command_on, setup, teardown, under_torchrun
+
+    if processes > 1 and not under_torchrun():
+        raise typer.Exit(run_command_on(processes, _command_line(ctx)))
+    dp, device = setup()
+    ctx.call_on_close(teardown)
+    return dp, device
+
+
+def _command_line(ctx: typer.Context) -> list[str]:
+    """The command and the options it was given, without --processes."""
+    argv = ctx.command_path.split()[1:]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "processes" or value is None or value == param.default:
+            continue
+        if getattr(param, "is_flag", False):
+            argv.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            argv += [param.opts[0], str(value)]
+    return argv
 
 
 def _print_step(log: dict[str, float]) -> None:

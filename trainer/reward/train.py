@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from trainer.data import Label, Pair
+from trainer.distributed import ONE_PROCESS, DataParallel, data_parallel
 from trainer.reward.model import RewardModel
 from trainer.rlhf.reward_losses import (
     bradley_terry_loss,
@@ -107,6 +108,8 @@ def train_reward_model(train_pairs: Sequence[Pair], heldout_pairs: Sequence[Pair
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     rng = random.Random(config.seed)
+    dp = data_parallel()  # on several processes, each trains on its part of every batch
+    dp.sync_parameters(params)
     step, start, cpu_start = 0, time.perf_counter(), time.process_time()
     for _ in range(config.epochs):
         batches = (_length_batches("pairs", pair_rows, config.batch_size, rng,
@@ -115,18 +118,10 @@ def train_reward_model(train_pairs: Sequence[Pair], heldout_pairs: Sequence[Pair
                                      lambda r: len(r[0][0])))
         rng.shuffle(batches)
         for kind, rows in batches:
-            if kind == "pairs":
-                batch = model.collate([r[0] for r in rows] + [r[1] for r in rows])
-                r_chosen, r_rejected = model(*batch).chunk(2)  # one pass for both sides
-                weight = torch.tensor([r[2] for r in rows], device=model.device)
-                loss = bradley_terry_loss(r_chosen, r_rejected, margin=config.margin,
-                                          center_coef=config.center_coef, weight=weight)
-            else:
-                batch = model.collate([r[0] for r in rows])
-                labels = torch.tensor([float(r[1]) for r in rows], device=model.device)
-                weight = torch.tensor([r[2] for r in rows], device=model.device)
-                loss = config.pointwise_coef * pointwise_loss(model(*batch), labels, weight)
-            loss.backward()
+            mine = rows[dp.part(len(rows), allow_empty=True)]
+            if mine:
+                _batch_loss(model, kind, mine, rows, config, dp.world_size).backward()
+            dp.sync_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -140,9 +135,10 @@ def train_reward_model(train_pairs: Sequence[Pair], heldout_pairs: Sequence[Pair
 
     # Normalisation statistics come from held-out answers (the training set when there
     # is none), so that PPO sees rewards of about mean 0 and std 1 on fresh answers.
-    metrics = evaluate_reward_model(model, heldout_pairs, batch_size=config.eval_batch_size)
+    metrics = evaluate_reward_model(model, heldout_pairs, batch_size=config.eval_batch_size,
+                                    dp=dp)
     stats_pairs = heldout_pairs or train_pairs[:STATS_SAMPLE // 2]
-    raw = _answer_rewards(model, stats_pairs, config.eval_batch_size)
+    raw = torch.cat(_pair_rewards(model, stats_pairs, config.eval_batch_size, dp))
     model.reward_mean = float(raw.mean())
     model.reward_std = float(raw.std()) if raw.numel() > 1 else 1.0
     model.reward_std = max(model.reward_std, 1e-6)
@@ -154,6 +150,26 @@ def train_reward_model(train_pairs: Sequence[Pair], heldout_pairs: Sequence[Pair
     model.metrics = {"heldout": {k: metrics[k] for k in ("accuracy", "loss", "ece", "pairs")},
                      "config": config.to_dict()}
     return model, metrics
+
+
+def _batch_loss(model: RewardModel, kind: str, mine: list, rows: list, config: RewardConfig,
+                world_size: int) -> torch.Tensor:
+    """The loss of this rank's rows `mine` of the global batch `rows`, scaled so that its
+    gradient averaged over the ranks is the global batch's: each mean over rows is weighted
+    by world size × this rank's share of its denominator (1 on one process)."""
+    weight = torch.tensor([r[2] for r in mine], device=model.device)
+    share = world_size * sum(r[2] for r in mine) / max(sum(r[2] for r in rows), 1e-8)
+    if kind == "labels":
+        batch = model.collate([r[0] for r in mine])
+        labels = torch.tensor([float(r[1]) for r in mine], device=model.device)
+        return share * config.pointwise_coef * pointwise_loss(model(*batch), labels, weight)
+    batch = model.collate([r[0] for r in mine] + [r[1] for r in mine])
+    r_chosen, r_rejected = model(*batch).chunk(2)  # one pass for both sides
+    loss = share * bradley_terry_loss(r_chosen, r_rejected, margin=config.margin, weight=weight)
+    if config.center_coef:  # the centring term is a plain mean over pairs
+        count_share = world_size * len(mine) / len(rows)
+        loss = loss + count_share * config.center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    return loss
 
 
 def _initial_model(config: RewardConfig, warm_start: str | Path | None) -> RewardModel:
@@ -174,11 +190,13 @@ def _initial_model(config: RewardConfig, warm_start: str | Path | None) -> Rewar
 
 
 def evaluate_reward_model(model: RewardModel, pairs: Sequence[Pair], *,
-                          batch_size: int = 64) -> dict[str, Any]:
+                          batch_size: int = 64, dp: DataParallel = ONE_PROCESS
+                          ) -> dict[str, Any]:
     """Accuracy, Bradley–Terry loss and calibration (ECE) of the model on `pairs`, and
-    pairs scored per second. Empty `pairs` give NaN figures."""
+    pairs scored per second. Empty `pairs` give NaN figures. With `dp`, every rank calls it
+    with the same pairs and scores its part of them."""
     start = time.perf_counter()
-    chosen, rejected = _pair_rewards(model, pairs, batch_size)
+    chosen, rejected = _pair_rewards(model, pairs, batch_size, dp)
     seconds = time.perf_counter() - start
     if not pairs:
         nan = float("nan")
@@ -190,17 +208,15 @@ def evaluate_reward_model(model: RewardModel, pairs: Sequence[Pair], *,
             "eval_pairs_per_s": round(len(pairs) / max(seconds, 1e-9), 2)}
 
 
-def _pair_rewards(model: RewardModel, pairs: Sequence[Pair],
-                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw rewards [N] of the chosen and of the rejected answers, on the CPU."""
+def _pair_rewards(model: RewardModel, pairs: Sequence[Pair], batch_size: int,
+                  dp: DataParallel = ONE_PROCESS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw rewards [N] of the chosen and of the rejected answers, on the CPU (each rank
+    scores its part of the pairs; every rank gets them all)."""
+    pairs = pairs[dp.part(len(pairs), allow_empty=True)]
     prompts = [p.prompt for p in pairs]
     rewards = model.score(prompts * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs],
                           normalized=False, batch_size=batch_size).float().cpu()
-    return rewards[:len(pairs)], rewards[len(pairs):]
-
-
-def _answer_rewards(model: RewardModel, pairs: Sequence[Pair], batch_size: int) -> torch.Tensor:
-    return torch.cat(_pair_rewards(model, pairs, batch_size))
+    return dp.gather_rows(rewards[:len(pairs)]), dp.gather_rows(rewards[len(pairs):])
 
 
 def _length_batches(kind: str, rows: list, size: int, rng: random.Random,
