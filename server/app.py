@@ -35,6 +35,7 @@ from server.routes import (
     openai,
     operations,
     ratings,
+    review,
     reward_models,
     rewrites,
 )
@@ -110,7 +111,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
 
     for module in (operations, chat_ws, openai, conversations, ratings, comparisons,
                    rewrites, flags, adapters, reward_models, annotators, feedback_browser,
-                   leaderboard):
+                   leaderboard, review):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
