@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     auto_promote_min_win_rate: float = 0.55  # reward-model win rate over the live adapter
     auto_promote_max_kl: float = 5.0  # nats per answer to the base model
     auto_promote_max_degenerate: float = 0.1  # share of empty or degenerate answers
+    # The live watch (`flywheel watch`): how often the worker scores newly served answers
+    # with the current reward model and judges the live adapter (feedback/watch.py).
+    watch_interval_s: float = 300.0
+    # Roll back, as the scheduler, when the live adapter's thumbs-up rate is significantly
+    # below its predecessor's (one-sided two-proportion z-test at this alpha, with at least
+    # this many rated answers on each side, over the last 14 days).
+    auto_rollback: bool = False
+    auto_rollback_min_votes: int = 50
+    auto_rollback_alpha: float = 0.01
     # Rewrites train (as demonstrations and chosen answers) only once an operator accepts
     # them in the review queue; off by default, so an unattended loop learns from them at
     # once, as before the queue (dismissing or excluding one takes it back either way).

@@ -12,6 +12,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from feedback.db import open_store
 from flywheel.settings import Settings
 from trainer.cycle import cycle_config_from, run_cycle
+from trainer.watch import watch_job
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,11 @@ def cycle_job(settings: Settings) -> None:
 
 
 def make_scheduler(settings: Settings, *, background: bool):
-    """A scheduler with the cycle job; `background` for running beside the server."""
+    """A scheduler with the cycle job and the watch job (`trainer.watch`); `background`
+    for running beside the server."""
     scheduler = (BackgroundScheduler if background else BlockingScheduler)(timezone="UTC")
     scheduler.add_job(cycle_job, "interval", args=[settings], id="cycle",
                       seconds=settings.cycle_interval_s, max_instances=1, coalesce=True)
+    scheduler.add_job(watch_job, "interval", args=[settings], id="watch",
+                      seconds=settings.watch_interval_s, max_instances=1, coalesce=True)
     return scheduler

@@ -104,14 +104,16 @@ def test_a_cycle_if_due_waits_for_feedback(tmp_path):
     assert "cycle skipped: 0 new votes" in result.output
 
 
-def test_the_scheduler_runs_one_cycle_job_at_a_time(tmp_path):
+def test_the_scheduler_runs_one_cycle_job_and_one_watch_job_at_a_time(tmp_path):
     from flywheel.settings import Settings
 
-    scheduler = make_scheduler(Settings(data_dir=tmp_path, cycle_interval_s=42),
-                               background=True)
-    (job,) = scheduler.get_jobs()
-    assert job.id == "cycle" and job.max_instances == 1 and job.coalesce
-    assert job.trigger.interval.total_seconds() == 42
+    scheduler = make_scheduler(Settings(data_dir=tmp_path, cycle_interval_s=42,
+                                        watch_interval_s=7), background=True)
+    jobs = {job.id: job for job in scheduler.get_jobs()}
+    assert set(jobs) == {"cycle", "watch"}
+    assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
+    assert jobs["cycle"].trigger.interval.total_seconds() == 42
+    assert jobs["watch"].trigger.interval.total_seconds() == 7
 
 
 @pytest.mark.parametrize("command", ["up", "worker", "cycle"])
