@@ -22,7 +22,6 @@ from feedback.models import (
     ReviewStatus,
     Rewrite,
     TrainingExclusion,
-    User,
 )
 
 
@@ -93,10 +92,12 @@ def training_filter(session: Session, *, approved_rewrites_only: bool = False
         approved_rewrites=approved)
 
 
-def exclude(session: Session, *, scope: ExclusionScope, target_id: int, actor: User,
-            review_item_id: int | None = None) -> TrainingExclusion:
-    """Leave one message's votes, one vote or one user's votes out of training."""
-    exclusion = TrainingExclusion(scope=scope, actor_id=actor.id, actor=actor.handle,
+def exclude(session: Session, *, scope: ExclusionScope, target_id: int, actor: str,
+            actor_id: int | None = None, review_item_id: int | None = None
+            ) -> TrainingExclusion:
+    """Leave one message's votes, one vote or one user's votes out of training, as `actor`
+    (a handle; `actor_id`: the operator's user id, if any)."""
+    exclusion = TrainingExclusion(scope=scope, actor_id=actor_id, actor=actor,
                                   review_item_id=review_item_id)
     setattr(exclusion, _TARGET[scope].key, target_id)
     session.add(exclusion)

@@ -52,7 +52,6 @@ from feedback.models import (
     ReviewKind,
     ReviewStatus,
     Rewrite,
-    User,
     utcnow,
 )
 from feedback.queries.exclusions import exclude
@@ -195,10 +194,11 @@ def get_review_item(session: Session, *, item_id: int) -> ReviewItem:
     return item
 
 
-def resolve_review_item(session: Session, *, item_id: int, action: str, actor: User,
-                        scope: str | None = None, user_id: int | None = None,
-                        note: str = "") -> ReviewItem:
-    """Resolve one item (module doc) as `actor`, and audit it."""
+def resolve_review_item(session: Session, *, item_id: int, action: str, actor: str,
+                        actor_id: int | None = None, scope: str | None = None,
+                        user_id: int | None = None, note: str = "") -> ReviewItem:
+    """Resolve one item (module doc) as `actor` (a handle, or e.g. "cli:login"; `actor_id`:
+    the operator's user id, if any), and audit it."""
     if action not in ACTIONS:
         raise InvalidFeedback(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
     if (action == "exclude") != (scope is not None):
@@ -215,12 +215,13 @@ def resolve_review_item(session: Session, *, item_id: int, action: str, actor: U
     kind = ReviewKind(item.kind)
     excluded_user = None
     if action == "exclude":
-        excluded_user = _exclude(session, item, kind, scope, user_id, actor)
+        excluded_user = _exclude(session, item, kind, scope, user_id,
+                                 dict(actor=actor, actor_id=actor_id, review_item_id=item.id))
     elif action == "redact":
-        _redact(session, item, kind, actor)
+        _redact(session, item, kind, dict(actor=actor, actor_id=actor_id, review_item_id=item.id))
     elif action == "dismiss" and kind in (ReviewKind.flag, ReviewKind.rewrite):
         exclude(session, scope=_VOTE_SCOPE[kind], target_id=_vote_id(item, kind), actor=actor,
-                review_item_id=item.id)
+                actor_id=actor_id, review_item_id=item.id)
     if kind == ReviewKind.flag:
         dismissed = action == "dismiss" or scope in ("vote", "user")
         flag = session.get(Flag, item.flag_id)
@@ -228,14 +229,14 @@ def resolve_review_item(session: Session, *, item_id: int, action: str, actor: U
             flag.status = FlagStatus.dismissed if dismissed else FlagStatus.resolved
             session.add(flag)
     item.status, item.exclude_scope, item.note = _STATUS[action], scope, note
-    item.decided_by_id, item.decided_by, item.decided_at = actor.id, actor.handle, utcnow()
+    item.decided_by_id, item.decided_by, item.decided_at = actor_id, actor, utcnow()
     session.add(item)
     detail: dict[str, Any] = {"review_item": item.id, "kind": item.kind, "note": note}
     if scope is not None:
         detail["scope"] = scope
     if excluded_user is not None:
         detail["user_id"] = excluded_user
-    session.add(AuditEvent(actor_id=actor.id, actor=actor.handle, action=f"review_{action}",
+    session.add(AuditEvent(actor_id=actor_id, actor=actor, action=f"review_{action}",
                            detail=detail))
     session.flush()
     return item
@@ -247,9 +248,9 @@ def _vote_id(item: ReviewItem, kind: ReviewKind) -> int:
 
 
 def _exclude(session: Session, item: ReviewItem, kind: ReviewKind, scope: str | None,
-             user_id: int | None, actor: User) -> int | None:
-    """The exclusions of one resolution; returns the user excluded, if any."""
-    made = dict(actor=actor, review_item_id=item.id)
+             user_id: int | None, made: dict[str, Any]) -> int | None:
+    """The exclusions of one resolution (`made`: who made them, for which item); returns
+    the user excluded, if any."""
     if scope == "message":
         if item.message_id is None:
             raise InvalidFeedback(f"review item {item.id} has no message to exclude")
@@ -276,8 +277,8 @@ def _exclude(session: Session, item: ReviewItem, kind: ReviewKind, scope: str | 
     return target
 
 
-def _redact(session: Session, item: ReviewItem, kind: ReviewKind, actor: User) -> None:
-    made = dict(actor=actor, review_item_id=item.id)
+def _redact(session: Session, item: ReviewItem, kind: ReviewKind, made: dict[str, Any]
+            ) -> None:
     if kind == ReviewKind.rewrite:
         rewrite = session.get(Rewrite, item.rewrite_id)
         if rewrite is not None:

@@ -16,6 +16,7 @@ from flywheel.cli import (
     leaderboard,
     loop,
     replay,
+    review,
     reward_models,
     serving,
     simulate,
@@ -50,6 +51,7 @@ app.command("replay")(replay.replay)
 app.add_typer(loop.runs_app, name="runs")
 app.add_typer(adapters.adapters_app, name="adapters")
 app.add_typer(reward_models.reward_models_app, name="reward-models")
+app.add_typer(review.review_app, name="review")
 app.add_typer(store.users_app, name="users")
 app.add_typer(store.feedback_app, name="feedback")
 app.add_typer(store.db_app, name="db")

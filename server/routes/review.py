@@ -86,7 +86,8 @@ def resolve_review(item_id: RowId, body: ResolutionIn, operator: Operator,
         try:
             item = resolve_review_item(session, item_id=item_id, action=body.action,
                                        scope=body.scope, user_id=body.user_id,
-                                       note=body.note, actor=operator)
+                                       note=body.note, actor=operator.handle,
+                                       actor_id=operator.id)
         except AlreadyResolved as e:
             raise APIError(409, str(e), code="already_resolved") from None
         return ReviewItemOut.model_validate(review_entry(session, item), from_attributes=True)

@@ -18,13 +18,12 @@ from trainer.demonstrations import demonstrations
 
 @pytest.fixture
 def store(db_url, tmp_path):
-    """Alice and Bob's votes on four prompts, and an operator; the queue synced; every
+    """Alice and Bob's votes on four prompts; the queue synced; every
     change in an event log."""
     engine = open_store(db_url, event_log=tmp_path / "events.jsonl")
     with session_scope(engine) as s:
         alice = users.create_user(s, handle="alice")
         bob = users.create_user(s, handle="bob")
-        users.create_user(s, handle="ops", role="operator")
         answers = {}
         for question, texts in (("Say hi", ("Hi!", "Go away.")), ("Count", ("1 2", "2 1")),
                                 ("Help", ("Sure.", "No.")), ("Cats?", ("Cats purr.",))):
@@ -56,8 +55,7 @@ def store(db_url, tmp_path):
 
 def _resolve(store, kind, action, **kw):
     with session_scope(store.engine) as s:
-        ops = users.get_user_by_handle(s, handle="ops")
-        resolve_review_item(s, item_id=store.items[kind], action=action, actor=ops, **kw)
+        resolve_review_item(s, item_id=store.items[kind], action=action, actor="ops", **kw)
 
 
 def _training(engine, **kw):
@@ -89,8 +87,7 @@ def test_an_excluded_user_is_absent_from_training_and_exports(store, tmp_path):
         sync_review_queue(s)
         item = next(i for i in list_review_items(s, kind="thumbs_down").items
                     if i.user_id == store.bob)
-        ops = users.get_user_by_handle(s, handle="ops")
-        resolve_review_item(s, item_id=item.id, action="exclude", scope="user", actor=ops)
+        resolve_review_item(s, item_id=item.id, action="exclude", scope="user", actor="ops")
     pairs, labels = _training(store.engine)
     assert not any("1 2" in p or "2 1" in p for p in pairs)
     assert ("thumb", "Hi!", False) not in labels

@@ -15,9 +15,8 @@ from feedback.queries.review import (
 from feedback.queries.review_listing import list_review_items
 
 
-@pytest.fixture
-def ops(session):
-    return users.create_user(session, handle="ops", role="operator")
+def resolve(session, **kw):
+    return resolve_review_item(session, actor="ops", **kw)
 
 
 @pytest.fixture
@@ -60,9 +59,9 @@ def test_listing_filters_and_pages(session, queue):
         list_review_items(session, cursor="x")
 
 
-def test_accepting_a_flag_resolves_it_and_audits_who(session, queue, ops):
+def test_accepting_a_flag_resolves_it_and_audits_who(session, queue):
     flag, _, _, items = queue
-    item = resolve_review_item(session, item_id=items["flag"].id, action="accept", actor=ops,
+    item = resolve(session, item_id=items["flag"].id, action="accept",
                                note="checked")
     assert (item.status, item.decided_by, item.note) == ("accepted", "ops", "checked")
     assert item.decided_at is not None
@@ -72,13 +71,13 @@ def test_accepting_a_flag_resolves_it_and_audits_who(session, queue, ops):
     assert [(a.actor, a.action, a.detail["review_item"]) for a in audit] == [
         ("ops", "review_accept", item.id)]
     with pytest.raises(AlreadyResolved, match="already resolved \\(accepted\\) by ops"):
-        resolve_review_item(session, item_id=item.id, action="dismiss", actor=ops)
+        resolve(session, item_id=item.id, action="dismiss")
 
 
-def test_a_dismissed_flag_or_rewrite_no_longer_trains(session, queue, ops):
+def test_a_dismissed_flag_or_rewrite_no_longer_trains(session, queue):
     flag, down, rewrite, items = queue
     for kind in ("flag", "rewrite", "thumbs_down"):
-        resolve_review_item(session, item_id=items[kind].id, action="dismiss", actor=ops)
+        resolve(session, item_id=items[kind].id, action="dismiss")
     kept = training_filter(session)
     assert session.get(Flag, flag.id).status == "dismissed"
     assert not kept.keeps_flag(flag) and not kept.keeps_rewrite(rewrite)
@@ -86,10 +85,10 @@ def test_a_dismissed_flag_or_rewrite_no_longer_trains(session, queue, ops):
 
 
 @pytest.mark.parametrize("scope", ["message", "vote", "user"])
-def test_exclude_by_scope(session, chat, queue, ops, alice, bob, scope):
+def test_exclude_by_scope(session, chat, queue, alice, bob, scope):
     flag, down, rewrite, items = queue
-    item = resolve_review_item(session, item_id=items["thumbs_down"].id, action="exclude",
-                               scope=scope, actor=ops)
+    item = resolve(session, item_id=items["thumbs_down"].id, action="exclude",
+                               scope=scope)
     assert (item.status, item.exclude_scope) == ("excluded", scope)
     kept = training_filter(session)
     assert not kept.keeps_rating(down)
@@ -100,34 +99,33 @@ def test_exclude_by_scope(session, chat, queue, ops, alice, bob, scope):
     assert kept.keeps_flag(flag)
 
 
-def test_exclude_checks_its_scope_and_user(session, queue, ops, bob):
+def test_exclude_checks_its_scope_and_user(session, queue, bob):
     _, _, _, items = queue
     with pytest.raises(InvalidFeedback, match="give a scope"):
-        resolve_review_item(session, item_id=items["flag"].id, action="exclude", actor=ops)
+        resolve(session, item_id=items["flag"].id, action="exclude")
     with pytest.raises(InvalidFeedback, match="scope must be one of"):
-        resolve_review_item(session, item_id=items["flag"].id, action="exclude",
-                            scope="conversation", actor=ops)
+        resolve(session, item_id=items["flag"].id, action="exclude",
+                            scope="conversation")
     with pytest.raises(InvalidFeedback, match="exclude another user"):
-        resolve_review_item(session, item_id=items["rewrite"].id, action="exclude",
-                            scope="user", user_id=bob.id, actor=ops)
+        resolve(session, item_id=items["rewrite"].id, action="exclude",
+                            scope="user", user_id=bob.id)
     with pytest.raises(InvalidFeedback, match="action must be one of"):
-        resolve_review_item(session, item_id=items["flag"].id, action="approve", actor=ops)
+        resolve(session, item_id=items["flag"].id, action="approve")
     with pytest.raises(NotFound):
-        resolve_review_item(session, item_id=999, action="accept", actor=ops)
+        resolve(session, item_id=999, action="accept")
 
 
-def test_excluding_the_flagger_dismisses_the_flag(session, queue, ops, bob):
+def test_excluding_the_flagger_dismisses_the_flag(session, queue, bob):
     flag, _, _, items = queue
-    resolve_review_item(session, item_id=items["flag"].id, action="exclude", scope="user",
-                        actor=ops)
+    resolve(session, item_id=items["flag"].id, action="exclude", scope="user")
     assert session.get(Flag, flag.id).status == "dismissed"
     assert bob.id in training_filter(session).users
 
 
-def test_redacting_replaces_the_text_and_excludes_it(session, chat, queue, ops):
+def test_redacting_replaces_the_text_and_excludes_it(session, chat, queue):
     flag, _, rewrite, items = queue
-    resolve_review_item(session, item_id=items["flag"].id, action="redact", actor=ops)
-    resolve_review_item(session, item_id=items["rewrite"].id, action="redact", actor=ops)
+    resolve(session, item_id=items["flag"].id, action="redact")
+    resolve(session, item_id=items["rewrite"].id, action="redact")
     session.expire_all()
     assert session.get(Message, chat.a.id).content == REDACTED
     assert session.get(Rewrite, rewrite.id).content == REDACTED
@@ -138,11 +136,11 @@ def test_redacting_replaces_the_text_and_excludes_it(session, chat, queue, ops):
     assert session.get(Flag, flag.id).status == "resolved"
 
 
-def test_rewrites_need_approval_when_asked(session, queue, ops):
+def test_rewrites_need_approval_when_asked(session, queue):
     _, _, rewrite, items = queue
     assert training_filter(session).keeps_rewrite(rewrite)
     assert not training_filter(session, approved_rewrites_only=True).keeps_rewrite(rewrite)
-    resolve_review_item(session, item_id=items["rewrite"].id, action="accept", actor=ops)
+    resolve(session, item_id=items["rewrite"].id, action="accept")
     assert training_filter(session, approved_rewrites_only=True).keeps_rewrite(rewrite)
 
 
@@ -154,7 +152,7 @@ def _asked(session, user, question, answer):
                                      role="assistant", content=answer, parent_id=prompt.id)
 
 
-def test_opposite_thumbs_on_the_same_answer_are_a_disagreement(session, alice, bob, ops):
+def test_opposite_thumbs_on_the_same_answer_are_a_disagreement(session, alice, bob):
     carol = users.create_user(session, handle="carol")
     answers = [_asked(session, u, "Cats?", "Cats are kind.") for u in (alice, bob, carol)]
     votes.upsert_rating(session, message_id=answers[0].id, user_id=alice.id, thumb=1)
@@ -168,16 +166,14 @@ def test_opposite_thumbs_on_the_same_answer_are_a_disagreement(session, alice, b
         {"user_id": bob.id, "handle": "bob", "vote": "up"},
         {"user_id": carol.id, "handle": "carol", "vote": "down"}]
     with pytest.raises(InvalidFeedback, match="one of this disagreement's voters"):
-        resolve_review_item(session, item_id=entry.id, action="exclude", scope="user",
-                            actor=ops)
-    resolve_review_item(session, item_id=entry.id, action="exclude", scope="user",
-                        user_id=carol.id, actor=ops)
+        resolve(session, item_id=entry.id, action="exclude", scope="user")
+    resolve(session, item_id=entry.id, action="exclude", scope="user",
+                        user_id=carol.id)
     kept = training_filter(session)
     assert not kept.keeps_rating(carols) and carol.id in kept.users
 
 
-def test_opposite_picks_between_the_same_answers_are_a_disagreement(session, alice, bob,
-                                                                     ops):
+def test_opposite_picks_between_the_same_answers_are_a_disagreement(session, alice, bob):
     picked = []
     for user, choice in ((alice, "a"), (bob, "b")):
         first = _asked(session, user, "Dogs?", "Dogs are kind.")
@@ -193,6 +189,6 @@ def test_opposite_picks_between_the_same_answers_are_a_disagreement(session, ali
     [entry] = list_review_items(session, kind="disagreement").items
     assert entry.prompt == "Dogs?" and entry.answer is None
     assert [v["vote"] for v in entry.detail["votes"]] == ["Dogs are kind.", "Dogs are odd."]
-    resolve_review_item(session, item_id=entry.id, action="exclude", scope="vote", actor=ops)
+    resolve(session, item_id=entry.id, action="exclude", scope="vote")
     kept = training_filter(session)
     assert not any(kept.keeps_comparison(c) for c in picked)
