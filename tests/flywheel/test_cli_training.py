@@ -1,7 +1,10 @@
 """`flywheel train reward` and `flywheel eval reward`: from a file and from the store,
-the next version in the registry, the JSON last line, and one-line errors."""
+the next version in the registry, the JSON last line, and one-line errors; `--processes N`
+runs the command line again under torchrun, where rank 0 alone reads, saves and registers."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,42 @@ def test_user_errors_are_one_line(tmp_path, data_file):
 def test_help_lists_the_commands():
     assert "reward" in ok(flywheel_cli("train", "--help"))
     assert "accuracy" in ok(flywheel_cli("eval", "reward", "--help"))
+
+
+def test_processes_runs_the_same_command_line_under_torchrun(monkeypatch, data_file, tmp_path):
+    launched = []
+    monkeypatch.setattr("trainer.distributed.run_command_on",
+                        lambda processes, argv: launched.append((processes, argv)) or 3)
+    result = flywheel_cli("train", "reward", "--data", data_file, "--processes", 2,
+                          "--epochs", 2, "--backbone", "policy-lora", "--data-dir", tmp_path)
+    assert result.exit_code == 3  # torchrun's
+    assert launched == [(2, ["train", "reward", "--data", str(data_file), "--backbone",
+                             "policy-lora", "--epochs", "2", "--data-dir", str(tmp_path)])]
+    result = flywheel_cli("train", "ppo", "--processes", 4, "--no-warm-start", "--seed", 5)
+    assert launched[1] == (4, ["train", "ppo", "--no-warm-start", "--seed", "5"])
+
+
+@pytest.mark.slow
+def test_two_processes_register_one_reward_model_that_one_process_matches(data_file, tmp_path):
+    db = sqlite_url(tmp_path / "store.db")
+    ok(flywheel_cli("feedback", "import", data_file, "--db", db))
+    args = ["train", "reward", "--db", db, "--heldout-fraction", 0.25, *FAST]
+    two = subprocess.run([sys.executable, "-m", "flywheel", *map(str, args), "--data-dir",
+                          str(tmp_path / "two"), "--processes", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr
+    lines = two.stdout.strip().splitlines()  # rank 0's alone
+    assert lines[0].endswith(", on 2 processes") and len(lines) == 3
+    figures = last_json(two.stdout)
+    assert figures["version"] == "rm-0001" and figures["promoted"] is True
+    assert figures["pairs"] > 0 and figures["train_pairs"] == figures["data"]["train_pairs"]
+    assert sorted(p.name for p in (tmp_path / "two" / "reward_models").iterdir()) == ["rm-0001"]
+    engine = open_store(db)
+    with session_scope(engine) as session:
+        (registered,) = reward_models.list_reward_models(session)
+    engine.dispose()
+    assert registered.heldout["accuracy"] == figures["accuracy"]
+    one = last_json(ok(flywheel_cli(*args, "--data-dir", tmp_path / "one", "--out",
+                                    tmp_path / "one-rm")))
+    for key in ("accuracy", "loss", "reward_mean", "reward_std", "steps"):
+        assert figures[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key
