@@ -1,7 +1,8 @@
 // The operator console: adapters (status, evaluation report, sample answer pairs, live
 // win rate with its interval, canary share), approve / reject / promote / roll back with
 // confirmation, feedback volume and reward-model accuracy charts, the reward models, the
-// annotators, the feedback browser, and training runs with their step logs and charts.
+// annotators, the review queue, the feedback browser, and training runs with their step
+// logs and charts.
 import { annotatorsPanel } from "./annotators.js";
 import { api, describeError, h } from "./api.js";
 import {
@@ -10,6 +11,7 @@ import {
 import { feedbackBrowser } from "./feedback-browser.js";
 import { leaderboardPanel } from "./leaderboard.js";
 import { renderMarkdown } from "./markdown.js";
+import { reviewPanel } from "./review.js";
 import { rewardModelsPanel } from "./reward-models.js";
 
 const $ = (id) => document.getElementById(id);
@@ -198,6 +200,7 @@ async function loadRuns() {
 // -- page ------------------------------------------------------------------------------
 
 const browser = feedbackBrowser({ api: operatorApi });
+const review = reviewPanel({ api: operatorApi, confirm: confirmAction, onError: showBanner });
 
 async function loadRewardModels() {
   $("reward-models").replaceChildren(await rewardModelsPanel({ api: operatorApi }));
@@ -222,7 +225,8 @@ async function refresh() {
   if (!key) return;
   try {
     await Promise.all([loadAdapters(), loadRuns(), loadVolume(), loadRewardModels(),
-      loadAnnotators(), loadLeaderboard(), browser.load()]);
+      loadAnnotators(), loadLeaderboard(), browser.load(),
+      review.load()]);
     showSections(true);
     $("banner").hidden = true;
   } catch (error) {
