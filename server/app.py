@@ -38,8 +38,10 @@ from server.routes import (
     review,
     reward_models,
     rewrites,
+    watch,
 )
 from server.security import BrowserHardening
+from server.watch import WatchGauges
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
                                   max_context=loaded.max_context)
         engine.start()
         metrics = Metrics()
+        metrics.registry.register(WatchGauges(db, settings))
         manager = AdapterManager(engine=engine, store=AdapterStore(settings.adapters_dir),
                                  db=db, base_name=_base_name(settings.model))
         await manager.sync()
@@ -111,7 +114,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
 
     for module in (operations, chat_ws, openai, conversations, ratings, comparisons,
                    rewrites, flags, adapters, reward_models, annotators, feedback_browser,
-                   leaderboard, review):
+                   leaderboard, review, watch):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

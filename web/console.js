@@ -13,6 +13,7 @@ import { leaderboardPanel } from "./leaderboard.js";
 import { renderMarkdown } from "./markdown.js";
 import { reviewPanel } from "./review.js";
 import { rewardModelsPanel } from "./reward-models.js";
+import { watchPanel } from "./watch.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY = "flywheel-operator-key";
@@ -210,6 +211,11 @@ async function loadLeaderboard() {
   $("leaderboard").replaceChildren(await leaderboardPanel({ api: operatorApi }));
 }
 
+async function loadWatch() {
+  $("watch").replaceChildren(await watchPanel({ api: operatorApi,
+    bucket: $("watch-bucket").value }));
+}
+
 async function loadAnnotators() {
   $("annotators").replaceChildren(await annotatorsPanel({ api: operatorApi,
     onUser: browser.showUser }));
@@ -225,7 +231,7 @@ async function refresh() {
   if (!key) return;
   try {
     await Promise.all([loadAdapters(), loadRuns(), loadVolume(), loadRewardModels(),
-      loadAnnotators(), loadLeaderboard(), browser.load(),
+      loadAnnotators(), loadLeaderboard(), loadWatch(), browser.load(),
       review.load()]);
     showSections(true);
     $("banner").hidden = true;
@@ -254,6 +260,8 @@ function main() {
   $("rollback").addEventListener("click", () => act("rollback"));
   $("refresh").addEventListener("click", refresh);
   $("volume-bucket").addEventListener("change", () => loadVolume().catch((error) =>
+    showBanner(describeError(error))));
+  $("watch-bucket").addEventListener("change", () => loadWatch().catch((error) =>
     showBanner(describeError(error))));
   refresh();
 }

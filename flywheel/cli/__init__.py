@@ -22,6 +22,7 @@ from flywheel.cli import (
     simulate,
     store,
     training,
+    watch,
 )
 from flywheel.cli.common import FlywheelGroup
 
@@ -58,5 +59,6 @@ app.add_typer(store.db_app, name="db")
 app.command("demo-model")(serving.demo_model)
 app.command("simulate")(simulate.simulate)
 app.command("leaderboard")(leaderboard.leaderboard)
+app.command("watch")(watch.watch)
 app.add_typer(training.train_app, name="train")
 app.add_typer(training.eval_app, name="eval")
