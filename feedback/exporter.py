@@ -6,6 +6,8 @@
   ranking of k answers; ties and "both bad" are no preference and are left out.
 * `kto`: TRL unpaired rows, `{"prompt": [...], "completion": [...], "label": bool}`,
   one per rating (thumb up is true).
+* In dpo and kto, a row from a judge's vote (AI feedback: a user with role `judge`) also
+  holds `"ai_feedback": true`, so it can be told apart or left out.
 * `sft`: TRL conversational language-modeling rows, `{"messages": [the thread above the
   rewritten answer, …, {"role": "assistant", "content": the rewrite}]}`, one per rewrite.
 * `log`: every record of the store in its final state, for replay (`feedback.logformat`):
@@ -49,6 +51,7 @@ from feedback.logformat import KEYS, MODELS, REFERENCES, header, to_log
 from feedback.models import Choice, Comparison, Message
 from feedback.queries.conversations import iter_conversations, iter_messages, message_paths
 from feedback.queries.exclusions import TrainingFilter, training_filter
+from feedback.queries.judging import judge_ids
 from feedback.queries.users import iter_users
 from feedback.queries.votes import iter_comparisons, iter_flags, iter_ratings, iter_rewrites
 
@@ -76,6 +79,7 @@ def export_feedback(engine: Engine, *, fmt: Format, out: Path,
 
 
 def _dpo_rows(session: Session, kept: TrainingFilter) -> Iterator[dict[str, Any]]:
+    judges = judge_ids(session)
     comparisons = filter(kept.keeps_comparison, iter_comparisons(session, decided_only=True))
     for chunk in _batches(comparisons, BATCH):
         paths = message_paths(session, message_ids={
@@ -83,8 +87,9 @@ def _dpo_rows(session: Session, kept: TrainingFilter) -> Iterator[dict[str, Any]
         for comparison in chunk:
             for winner, loser in _preferences(comparison):
                 if winner in paths and loser in paths:
-                    yield from _trl(Preference, _prompt(paths[winner]),
-                                    paths[winner][-1].content, paths[loser][-1].content)
+                    yield from _marked(comparison.user_id in judges, _trl(
+                        Preference, _prompt(paths[winner]), paths[winner][-1].content,
+                        paths[loser][-1].content))
 
 
 def _preferences(comparison: Comparison) -> list[tuple[int, int]]:
@@ -96,12 +101,14 @@ def _preferences(comparison: Comparison) -> list[tuple[int, int]]:
 
 
 def _kto_rows(session: Session, kept: TrainingFilter) -> Iterator[dict[str, Any]]:
+    judges = judge_ids(session)
     for chunk in _batches(filter(kept.keeps_rating, iter_ratings(session)), BATCH):
         paths = message_paths(session, message_ids={rating.message_id for rating in chunk})
         for rating in chunk:
             path = paths.get(rating.message_id)
             if path:
-                yield from _trl(Unpaired, _prompt(path), path[-1].content, rating.thumb == 1)
+                yield from _marked(rating.user_id in judges, _trl(
+                    Unpaired, _prompt(path), path[-1].content, rating.thumb == 1))
 
 
 def _sft_rows(session: Session, kept: TrainingFilter) -> Iterator[dict[str, Any]]:
@@ -124,6 +131,11 @@ def _trl(record_type: type[Preference | Unpaired | Demonstration], *fields: Any
         yield record_type(*fields).to_trl()
     except FormatError:  # not importable as TRL data: leave it out
         return
+
+
+def _marked(ai_feedback: bool, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        yield {**row, "ai_feedback": True} if ai_feedback else row
 
 
 def _log_rows(session: Session, kept: TrainingFilter) -> Iterator[dict[str, Any]]:

@@ -83,6 +83,30 @@ class Settings(BaseSettings):
     # once, as before the queue (dismissing or excluding one takes it back either way).
     review_rewrites: bool = False
 
+    # AI feedback (`flywheel judge`): the judge that votes and that evaluation asks, named
+    # by a function (module:function), or a model at an OpenAI-compatible URL, or a local
+    # model alone; the API key of its endpoint; the rubric it judges by (default: the one
+    # in flywheel/judge/rubric.md).
+    judge: str | None = None
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key: str | None = None
+    judge_key: str | None = None  # the judge user's own API key, which it votes with
+    judge_rubric: Path | None = None
+    # At most this share of the training pairs and labels comes from judges' votes.
+    ai_feedback_max_share: float = 0.25
+
+    @field_validator("ai_feedback_max_share")
+    @classmethod
+    def _a_share(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"a share is in [0, 1], not {value}")
+        return value
+
+    @property
+    def judge_configured(self) -> bool:
+        return self.judge is not None or self.judge_model is not None
+
     @field_validator("previous_secret_keys", "allowed_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

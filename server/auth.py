@@ -149,6 +149,15 @@ def operator(request: Request) -> User:
     return user
 
 
+async def vote_scope(found: CallerDep) -> int | None:
+    """Whose answers the caller may vote on: its own conversations' (its user id), or any
+    answer (None) for a judge, the AI annotator that votes on other people's turns."""
+    if found.user is not None and found.user.role == Role.judge:
+        return None
+    return NOBODY if found.user_id is None else found.user_id
+
+
 CallerId = Annotated[int, Depends(caller_id)]
+VoteScope = Annotated[int | None, Depends(vote_scope)]
 CurrentUser = Annotated[User, Depends(current_user)]
 Operator = Annotated[User, Depends(operator)]

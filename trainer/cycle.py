@@ -239,7 +239,8 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
         store.load(result.model, live_version, adapter_name="baseline")
         baseline = "baseline"
     report = evaluate_candidate(result.model, loaded.tokenizer, reward_model, eval_prompts,
-                                candidate="default", baseline=baseline, config=config.eval)
+                                candidate="default", baseline=baseline, config=config.eval,
+                                judge=_configured_judge(settings))
     version = store.next_version()  # ours alone: we hold the cycle lease
     report.update(candidate=version, baseline=live_version or "base", method=result.method,
                   sft_steps=result.sft_steps, reward_model=rm_dir.name, parent=live_version)
@@ -265,6 +266,17 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
     return CycleResult("succeeded", run_id=run_id, adapter_version=version, metrics=summary)
 
 
+def _configured_judge(settings: Settings):
+    """The judge the settings name (FLYWHEEL_JUDGE...), for evaluation; None for none."""
+    if not settings.judge_configured:
+        return None
+    from flywheel.judge import build_judge
+
+    return build_judge(function=settings.judge, url=settings.judge_url,
+                       model=settings.judge_model, api_key=settings.judge_api_key,
+                       rubric=settings.judge_rubric, models_dir=settings.models_dir)
+
+
 def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progress
                   ) -> tuple[RewardModel, Path, list, list, list]:
     """Read the data and train the reward model: (the reward model the policy will learn
@@ -276,7 +288,8 @@ def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progr
     sees what the cycle saw)."""
     until = utcnow().isoformat()  # the reward model sees every vote to date
     split = preference_pairs(engine, seed=config.seed,
-                             approved_rewrites_only=settings.review_rewrites)
+                             approved_rewrites_only=settings.review_rewrites,
+                             ai_feedback_max_share=settings.ai_feedback_max_share)
     prompts = user_prompts(engine, limit=config.prompt_limit, seed=config.seed)
 
     # Every kind of vote to date, starting from the current reward model. The new one

@@ -22,6 +22,10 @@ separate thumbs count half) times its user's annotator weight
 down to 0.1 for a careless pattern (always A, always up, ...), random clicks, or votes
 that disagree with the reward model and the consensus (an adversary).
 
+Votes of judges (AI feedback: users with role `judge`) are weighted by the same annotator
+quality, and at most `ai_feedback_max_share` of the pairs (and of the labels) come from
+them; the rest are dropped at random.
+
 Pairs and labels are deduplicated (of duplicates, the heaviest is kept), one user's share
 of them is capped, and they are split into train and held-out by conversation, so no
 conversation sits on both sides.
@@ -47,6 +51,7 @@ from feedback.models import Choice, Message, MessageRole
 from feedback.queries.annotators import annotator_weights
 from feedback.queries.conversations import message_paths, user_message_ids
 from feedback.queries.exclusions import training_filter
+from feedback.queries.judging import judge_ids
 from feedback.queries.votes import iter_comparisons, iter_flags, iter_ratings, iter_rewrites
 
 Messages = list[dict[str, str]]
@@ -56,6 +61,7 @@ SOURCE_WEIGHTS = {"choice": 1.0, "ranking": 1.0, "rewrite": 1.0, "thumbs": 0.5, 
                   "labels": 0.5}
 DEFAULT_MAX_USER_SHARE = 0.25
 DEFAULT_HELDOUT_FRACTION = 0.1
+DEFAULT_AI_FEEDBACK_MAX_SHARE = 0.25
 
 T = TypeVar("T", "Pair", "Label")
 
@@ -136,7 +142,9 @@ def user_prompts(engine: Engine, *, limit: int | None = None, seed: int = 0) -> 
 def preference_pairs(engine: Engine, *, max_user_share: float = DEFAULT_MAX_USER_SHARE,
                      heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
                      approved_rewrites_only: bool = False,
-                     seed: int = 0, annotator_weighting: bool = True) -> PreferenceSplit:
+                     seed: int = 0, annotator_weighting: bool = True,
+                     ai_feedback_max_share: float = DEFAULT_AI_FEEDBACK_MAX_SHARE,
+                     ) -> PreferenceSplit:
     """Every pair and label the store's feedback yields, weighted by annotator quality
     (unless `annotator_weighting` is off), capped and split (module doc)."""
     if engine.dialect.name == "postgresql":  # one snapshot, even while the server writes
@@ -148,6 +156,9 @@ def preference_pairs(engine: Engine, *, max_user_share: float = DEFAULT_MAX_USER
             weights = annotator_weights(session)
             pairs = [_reweighted(p, weights, stats) for p in pairs]
             labels = [_reweighted(x, weights, stats) for x in labels]
+        judges = judge_ids(session)
+    pairs = cap_ai_share(pairs, judges, ai_feedback_max_share, seed=seed, stats=stats)
+    labels = cap_ai_share(labels, judges, ai_feedback_max_share, seed=seed, stats=stats)
     return split(pairs, labels, max_user_share=max_user_share,
                  heldout_fraction=heldout_fraction, seed=seed, stats=stats)
 
@@ -346,6 +357,20 @@ def cap_user_share(items: Sequence[T], max_share: float | None, *, seed: int = 0
             dropped.update(rng.sample(indices, len(indices) - low))
     if stats is not None:
         stats["capped"] = stats.get("capped", 0) + len(dropped)
+    return [item for index, item in enumerate(items) if index not in dropped]
+
+
+def cap_ai_share(items: Sequence[T], judges: set[int], max_share: float, *, seed: int = 0,
+                 stats: dict[str, int] | None = None) -> list[T]:
+    """Drop (at random) judges' items beyond `max_share` of what is kept. Order is kept."""
+    ai = [i for i, item in enumerate(items) if item.user_id in judges]
+    people = len(items) - len(ai)
+    allowed = len(ai) if max_share >= 1.0 else int(max_share / (1.0 - max_share) * people)
+    if len(ai) <= allowed:
+        return list(items)
+    dropped = set(random.Random(seed).sample(ai, len(ai) - allowed))
+    if stats is not None:
+        stats["ai_feedback_capped"] = stats.get("ai_feedback_capped", 0) + len(dropped)
     return [item for index, item in enumerate(items) if index not in dropped]
 
 

@@ -4,7 +4,9 @@ On held-out prompts the candidate and the baseline (the live adapter, else the b
 answer side by side in one mixed-adapter batch; the reward model scores both. The report
 holds the reward difference with a bootstrap interval, the reward model's win rate, the
 candidate's KL to the base model, length drift, the share of empty or degenerate answers,
-and a few answer pairs to read. `render_markdown` turns it into the readable version.
+and a few answer pairs to read; with a judge (`flywheel.judge`), the judge's win rate on
+every answer pair (each judged in both orders) and its position-flip rate.
+`render_markdown` turns it into the readable version.
 """
 
 from dataclasses import asdict, dataclass
@@ -15,6 +17,8 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from feedback.stats import paired_mean_ci, win_rate
+from flywheel.judge.evaluation import judge_win_rate
+from flywheel.judge.rubric import conversation_text
 from trainer.rlhf.ppo_math import logprobs_from_logits
 from trainer.sampling import sampling_kwargs
 
@@ -36,7 +40,7 @@ class EvalConfig:
 @torch.no_grad()
 def evaluate_candidate(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, reward_model,
                        prompts: list[Messages], *, candidate: str, baseline: str | None,
-                       config: EvalConfig | None = None) -> dict:
+                       config: EvalConfig | None = None, judge=None) -> dict:
     """Compare adapter `candidate` with adapter `baseline` (None: the base model), both
     loaded in `policy`. Returns the report as a JSON-ready dict.
 
@@ -65,7 +69,10 @@ def evaluate_candidate(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, re
     kl = _kl_to_base(policy, cand, candidate)
     cand_len = _mean(len(a["ids"]) for a in cand)
     base_len = _mean(len(a["ids"]) for a in base)
+    judged_by = {} if judge is None else {"judge_win_rate": judge_win_rate(
+        judge, [conversation_text(p) for p in prompts], cand_text, base_text, seed=config.seed)}
     return {
+        **judged_by,
         "candidate": candidate, "baseline": baseline or "base", "prompts": distinct,
         "answers": len(prompts),
         "reward": {"candidate": _mean(cand_reward), "baseline": _mean(base_reward),
@@ -97,6 +104,7 @@ def render_markdown(report: dict) -> str:
         f"| reward, candidate − baseline | {r['delta']:+.3f} "
         f"(95% CI {r['delta_low']:+.3f} to {r['delta_high']:+.3f}) |",
         f"| reward-model win rate | {wr['rate']:.0%} (95% CI {wr['low']:.0%}–{wr['high']:.0%}) |",
+        *_judge_row(report.get("judge_win_rate")),
         f"| KL to the base model | {report['kl_to_base']:.3f} nats per answer |",
         f"| answer length | {length['candidate']:.1f} vs {length['baseline']:.1f} tokens |",
         f"| empty answers | {report['empty_rate']:.0%} |",
@@ -109,6 +117,14 @@ def render_markdown(report: dict) -> str:
                   f"- candidate ({s['candidate_reward']:+.2f}): {s['candidate']}",
                   f"- baseline ({s['baseline_reward']:+.2f}): {s['baseline']}"]
     return "\n".join(lines) + "\n"
+
+
+def _judge_row(judged: dict | None) -> list[str]:
+    if not judged or judged["rate"] is None:
+        return []
+    return [f"| judge win rate ({judged['judge']}) | {judged['rate']:.0%} (95% CI "
+            f"{judged['low']:.0%}–{judged['high']:.0%}; position flips "
+            f"{judged['position_flip_rate'] or 0:.0%}) |"]
 
 
 def _answers(policy, tokenizer, prompts, adapter: str, config: EvalConfig, *,

@@ -5,7 +5,8 @@ import { describeError, h } from "./api.js";
 import { pct } from "./charts.js";
 
 const PATTERNS = {
-  always_a: "always picks A", always_b: "always picks B", always_up: "always thumbs up",
+  always_a: "always picks A", always_b: "always picks B", always_tie: "always ties",
+  always_up: "always thumbs up",
   always_down: "always thumbs down", random: "random picks",
 };
 
@@ -18,7 +19,9 @@ function row(a, onUser) {
   const careless = a.pattern !== null && a.pattern !== undefined;
   return h("tr", { class: careless ? "careless" : null, dataset: { userId: a.user_id } },
     h("th", { scope: "row" }, h("button", { type: "button", class: "link",
-      title: "Show this user's feedback", onclick: () => onUser(a.handle) }, a.handle)),
+      title: "Show this user's feedback", onclick: () => onUser(a.handle) }, a.handle),
+      a.ai_feedback ? h("span", { class: "status-pill ai", title: "A judge: its votes are "
+        + "AI feedback, measured against people's" }, "AI judge") : null),
     h("td", {}, String(a.votes)),
     h("td", {}, agreement(a.consensus_agreement, a.consensus_items)),
     h("td", {}, agreement(a.reward_model_agreement)),

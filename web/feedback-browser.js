@@ -52,6 +52,8 @@ function itemCard(item, onUser) {
     h("strong", { class: "fb-vote" }, voteSummary(item)),
     h("button", { type: "button", class: "link", title: "Show this user's feedback",
       onclick: () => onUser(item.handle) }, item.handle),
+    item.ai_feedback ? h("span", { class: "status-pill ai", title: "A judge's vote: AI "
+      + "feedback" }, "AI feedback") : null,
     h("span", { class: "muted" }, item.adapter_version ?? (item.kind === "comparison"
       ? item.answers.map((a) => a.adapter_version ?? "base").join(" vs ") : "base model")),
     h("time", { class: "muted", datetime: item.time }, new Date(item.time).toLocaleString())),

@@ -3,13 +3,18 @@
 For every user with votes (ratings, decided comparisons, rewrites, flags):
 
 * **careless patterns** in the raw votes, once a user has `MIN_VOTES` of a kind:
-  `always_a` / `always_b` — at least `PATTERN_SHARE` of their side-by-side picks name the
-  same position (the server shows the two answers in random order, so an honest user's
-  share of "A" is near one half whatever they prefer); `always_up` / `always_down` — at
+  `always_a` / `always_b` / `always_tie` — at least `PATTERN_SHARE` of their
+  side-by-side picks name the same position, or no winner (the server shows the two
+  answers in random order, so an honest user's share of "A" is near one half whatever
+  they prefer; a judge that always names the first answer shown ties every pair, as
+  its two orders disagree); `always_up` / `always_down` — at
   least `PATTERN_SHARE` of their thumbs point one way while the other users' thumbs do not
   (at most `CROWD_SHARE` the same way: a model everyone likes is not a careless crowd);
 * **consensus agreement**: on items judged by two or more users, how often the user
-  agrees with the majority of the *other* users (leave-one-out; even splits are skipped).
+  agrees with the majority of the *other* people (leave-one-out; even splits are skipped).
+  Judges (users with role `judge`, whose votes are AI feedback) are measured against
+  people like anyone, but people are never measured against judges, and the crowd
+  medians below are the people's.
   An item is a first user turn's text with the answer texts shown: the same two answers
   in a side-by-side pick (in either order), or the same answer for a thumb. Such items
   arise when users ask the same question and get the same answers — the simulated crowd
@@ -51,6 +56,7 @@ from feedback.models import (
     User,
     utcnow,
 )
+from feedback.queries.judging import judge_ids
 
 MIN_VOTES = 10  # votes of a kind before a pattern (or random clicking) is judged
 MIN_ITEMS = 5  # items an agreement needs before it moves a weight (shrunk: see PRIOR_ITEMS)
@@ -73,8 +79,9 @@ class Annotator:
     consensus_items: int
     reward_model_agreement: float | None
     reward_model_items: int
-    pattern: str | None  # always_a, always_b, always_up, always_down, random
+    pattern: str | None  # always_a, always_b, always_tie, always_up, always_down, random
     weight: float
+    ai_feedback: bool = False  # a judge: its votes are AI feedback
 
 
 @dataclass
@@ -97,12 +104,13 @@ def annotator_quality(session: Session) -> QualityReport:
     votes.update(dict(session.exec(decided).all()))  # rankings: no pattern, but votes
     stored = {q.user_id: q for q in session.exec(select(AnnotatorQuality))}
     latest = max(stored.values(), key=lambda q: q.computed_at, default=None)
-    consensus = _consensus(picks, thumbs)
+    judges = judge_ids(session)
+    consensus = _consensus(picks, thumbs, judges)
     handles = dict(session.exec(select(User.id, User.handle)
                                 .where(col(User.id).in_(list(votes)))).all()) if votes else {}
     rm = {u: (q.reward_model_agreement, q.reward_model_items) for u, q in stored.items()}
-    rm_median = _crowd_median(rm.values())
-    consensus_median = _crowd_median(consensus.values())
+    rm_median = _crowd_median(v for u, v in rm.items() if u not in judges)
+    consensus_median = _crowd_median(v for u, v in consensus.items() if u not in judges)
     choices: dict[int, Counter[str]] = defaultdict(Counter)
     for p in picks:
         choices[p.user_id][p.choice] += 1
@@ -125,7 +133,7 @@ def annotator_quality(session: Session) -> QualityReport:
             user_id=user_id, handle=handles.get(user_id, str(user_id)), votes=votes[user_id],
             consensus_agreement=_round(agreed), consensus_items=items,
             reward_model_agreement=_round(rm_agreement), reward_model_items=rm_items,
-            pattern=pattern, weight=round(weight, 3)))
+            pattern=pattern, weight=round(weight, 3), ai_feedback=user_id in judges))
     return QualityReport(reward_model=latest.reward_model if latest else None,
                          annotators=annotators)
 
@@ -207,9 +215,10 @@ def _thumbs(session: Session) -> list[_Thumb]:
 
 
 def _pick_pattern(choices: Counter[str]) -> str | None:
-    """always_a / always_b from one user's side-by-side choices (a, b, tie, both_bad)."""
+    """always_a / always_b / always_tie from one user's side-by-side choices (a, b, tie,
+    both_bad)."""
     total = sum(choices.values())
-    for choice in (Choice.a, Choice.b):
+    for choice in (Choice.a, Choice.b, Choice.tie):
         if total >= MIN_VOTES and choices[choice] >= PATTERN_SHARE * total:
             return f"always_{choice}"
     return None
@@ -227,8 +236,10 @@ def _thumb_pattern(mine: Counter[int], others: Counter[int]) -> str | None:
     return None
 
 
-def _consensus(picks: list[_Pick], thumbs: list[_Thumb]) -> dict[int, tuple[float, int]]:
-    """user id -> (agreement with the others' majority, items) on shared items."""
+def _consensus(picks: list[_Pick], thumbs: list[_Thumb],
+               judges: set[int]) -> dict[int, tuple[float, int]]:
+    """user id -> (agreement with the other people's majority, items) on shared items
+    (the judges' votes are measured, never measured against)."""
     votes: dict[tuple, dict[int, object]] = defaultdict(dict)  # item -> user -> last vote
     for p in picks:
         if p.item is not None and p.winner is not None:
@@ -241,9 +252,12 @@ def _consensus(picks: list[_Pick], thumbs: list[_Thumb]) -> dict[int, tuple[floa
     for by_user in votes.values():
         if len(by_user) < 2:
             continue
-        everyone = Counter(by_user.values())
+        people = Counter(v for u, v in by_user.items() if u not in judges)
         for user_id, vote in by_user.items():
-            others = (everyone - Counter([vote])).most_common(2)
+            others = (people - Counter([vote] if user_id not in judges else [])
+                      ).most_common(2)
+            if not others:
+                continue  # no other person judged it
             if len(others) == 2 and others[0][1] == others[1][1]:
                 continue  # the others are split evenly: no consensus to agree with
             items[user_id] += 1

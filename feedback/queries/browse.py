@@ -19,7 +19,16 @@ from sqlalchemy import and_, exists, or_
 from sqlmodel import Session, col, select
 
 from feedback.errors import InvalidFeedback, NotFound
-from feedback.models import Comparison, Flag, FlagCategory, Message, Rating, Rewrite, User
+from feedback.models import (
+    Comparison,
+    Flag,
+    FlagCategory,
+    Message,
+    Rating,
+    Rewrite,
+    Role,
+    User,
+)
 
 
 class FeedbackKind(StrEnum):
@@ -61,6 +70,7 @@ class FeedbackItem:
     answers: list[Answer]
     vote: dict[str, Any]
     prompt: str | None = None  # the prompt's text, filled in once per page
+    ai_feedback: bool = False  # the voter is a judge (an AI annotator)
 
     @property
     def adapter_version(self) -> str | None:
@@ -203,6 +213,7 @@ def _single(session: Session, kind: FeedbackKind, *, rank: int, after, thumb, ca
     rows = session.exec(query.order_by(col(stamp).desc(), col(model.id).desc()).limit(need))
     return [FeedbackItem(kind=kind, id=vote.id, time=getattr(vote, stamp.key),
                          user_id=person.id, handle=person.handle,
+                         ai_feedback=person.role == Role.judge,
                          conversation_id=answer.conversation_id,
                          prompt_message_id=answer.parent_id,
                          answers=[Answer(answer.id, answer.content, answer.adapter_version)],
@@ -251,6 +262,7 @@ def _comparisons(session: Session, *, rank: int, after, adapter, user_id,
                 items.append(FeedbackItem(
                     kind=FeedbackKind.comparison, id=comparison.id,
                     time=comparison.updated_at, user_id=person.id, handle=person.handle,
+                    ai_feedback=person.role == Role.judge,
                     conversation_id=shown[0].conversation_id if shown else None,
                     prompt_message_id=comparison.prompt_message_id,
                     answers=[Answer(m.id, m.content, m.adapter_version) for m in shown],

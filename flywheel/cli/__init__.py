@@ -13,6 +13,7 @@ import typer
 from flywheel import __version__
 from flywheel.cli import (
     adapters,
+    judge,
     leaderboard,
     loop,
     replay,
@@ -58,6 +59,7 @@ app.add_typer(store.feedback_app, name="feedback")
 app.add_typer(store.db_app, name="db")
 app.command("demo-model")(serving.demo_model)
 app.command("simulate")(simulate.simulate)
+app.command("judge")(judge.judge)
 app.command("leaderboard")(leaderboard.leaderboard)
 app.command("watch")(watch.watch)
 app.add_typer(training.train_app, name="train")

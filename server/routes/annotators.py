@@ -12,7 +12,7 @@ from server.store import Store
 
 router = APIRouter(prefix="/api", tags=["operators"])
 
-Pattern = Literal["always_a", "always_b", "always_up", "always_down", "random"]
+Pattern = Literal["always_a", "always_b", "always_tie", "always_up", "always_down", "random"]
 
 
 class AnnotatorOut(BaseModel):
@@ -24,6 +24,7 @@ class AnnotatorOut(BaseModel):
     reward_model_agreement: float | None  # with the last reward model, on the user's votes
     pattern: Pattern | None  # a careless pattern, if any
     weight: float  # what training multiplies the user's votes by
+    ai_feedback: bool  # a judge (an AI annotator): measured against people like anyone
 
 
 class AnnotatorsOut(BaseModel):

@@ -1,4 +1,6 @@
-"""Side-by-side verdicts: a choice between two answers, or a ranking of k answers."""
+"""Side-by-side verdicts: a choice between two answers, or a ranking of k answers.
+
+People vote on answers of their own conversations; a judge (the AI annotator) on any."""
 
 from typing import Literal
 
@@ -8,7 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 from feedback.db import session_scope
 from feedback.queries import conversations as convs
 from feedback.queries import votes
-from server.auth import CallerId
+from server.auth import CallerId, VoteScope
 from server.deps import MetricsDep
 from server.store import RowId, Store
 
@@ -28,9 +30,23 @@ class Verdict(BaseModel):
 
 
 class RankingIn(BaseModel):
+    """A ranking of answers (best first), or a `choice` between two `candidate_ids`
+    shown in that order (A first)."""
+
     prompt_message_id: RowId
-    ranking: list[RowId] = Field(min_length=2, max_length=16,
-                                 description="answers to the prompt, best first")
+    ranking: list[RowId] | None = Field(None, min_length=2, max_length=16,
+                                        description="answers to the prompt, best first")
+    candidate_ids: list[RowId] | None = Field(None, min_length=2, max_length=2,
+                                              description="two answers to the prompt, A first")
+    choice: Literal["a", "b", "tie", "both_bad"] | None = None
+
+    @model_validator(mode="after")
+    def ranking_or_choice(self):
+        if (self.ranking is None) == (self.choice is None):
+            raise ValueError("give either a ranking or a choice between candidate_ids")
+        if (self.choice is None) != (self.candidate_ids is None):
+            raise ValueError("a choice needs candidate_ids, and candidate_ids a choice")
+        return self
 
 
 class ComparisonOut(BaseModel):
@@ -54,15 +70,17 @@ def decide(comparison_id: RowId, body: Verdict, user_id: CallerId, db: Store,
 
 
 @router.post("", status_code=201)
-def rank(body: RankingIn, user_id: CallerId, db: Store,
+def rank(body: RankingIn, user_id: CallerId, scope: VoteScope, db: Store,
          metrics: MetricsDep) -> ComparisonOut:
-    """Rank answers the user got for one prompt (e.g. `n` > 1 through the OpenAI API)."""
+    """Rank answers the user got for one prompt (e.g. `n` > 1 through the OpenAI API), or
+    pick between two of them."""
     with session_scope(db) as session:
-        convs.get_message(session, message_id=body.prompt_message_id, user_id=user_id)
+        convs.get_message(session, message_id=body.prompt_message_id, user_id=scope)
         comparison = votes.create_comparison(session, user_id=user_id,
                                              prompt_message_id=body.prompt_message_id,
-                                             candidate_ids=body.ranking)
+                                             candidate_ids=body.ranking or body.candidate_ids)
         comparison = votes.record_choice(session, comparison_id=comparison.id,
-                                         user_id=user_id, ranking=body.ranking)
-    metrics.votes.labels("ranking").inc()
+                                         user_id=user_id, choice=body.choice,
+                                         ranking=body.ranking)
+    metrics.votes.labels("ranking" if body.ranking else "comparison").inc()
     return ComparisonOut.model_validate(comparison, from_attributes=True)

@@ -37,6 +37,7 @@ class FeedbackItemOut(BaseModel):
     answers: list[AnswerOut]
     adapter_version: str | None  # of the judged answer (None for comparisons: see answers)
     vote: dict[str, Any]
+    ai_feedback: bool  # the voter is a judge (an AI annotator), not a person
 
 
 class FeedbackPageOut(BaseModel):

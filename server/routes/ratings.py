@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from feedback.db import session_scope
 from feedback.queries import conversations as convs
 from feedback.queries import votes
-from server.auth import CallerId
+from server.auth import CallerId, VoteScope
 from server.deps import MetricsDep
 from server.store import RowId, Store
 
@@ -28,10 +28,11 @@ class RatingOut(RatingIn):
 
 
 @router.put("/{message_id}/rating")
-def rate(message_id: RowId, body: RatingIn, user_id: CallerId, db: Store,
+def rate(message_id: RowId, body: RatingIn, user_id: CallerId, scope: VoteScope, db: Store,
          metrics: MetricsDep) -> RatingOut:
+    """Thumb an answer of one's own conversations (a judge: any answer)."""
     with session_scope(db) as session:
-        convs.get_message(session, message_id=message_id, user_id=user_id)
+        convs.get_message(session, message_id=message_id, user_id=scope)
         rating = votes.upsert_rating(session, message_id=message_id, user_id=user_id,
                                      thumb=body.thumb, reasons=body.reasons,
                                      comment=body.comment)

@@ -5,7 +5,7 @@ from feedback.queries.annotators import save_reward_model_agreement
 from tests.server.support import add_user, assert_error, bearer, ws_turn
 
 ANNOTATOR_KEYS = {"user_id", "handle", "votes", "consensus_agreement", "consensus_items",
-                  "reward_model_agreement", "pattern", "weight"}
+                  "reward_model_agreement", "pattern", "weight", "ai_feedback"}
 
 
 def test_only_operators_see_annotators(client, app):
@@ -39,5 +39,6 @@ def test_the_shape_the_console_reads(client, app):
     assert set(row) == ANNOTATOR_KEYS
     assert row == {"user_id": voter_id, "handle": "voter", "votes": 3,
                    "consensus_agreement": None, "consensus_items": 0,
-                   "reward_model_agreement": 0.75, "pattern": None, "weight": 1.0}
+                   "reward_model_agreement": 0.75, "pattern": None, "weight": 1.0,
+                   "ai_feedback": False}
     assert all(a["handle"] != "ops" for a in body["annotators"])  # no votes, not listed
