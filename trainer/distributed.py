@@ -246,9 +246,30 @@ def torchrun_command(processes: int) -> list[str]:
             f"--nproc-per-node={processes}"]
 
 
+# Runs argv[1:] in place of itself, set to get SIGTERM when its parent dies (Linux): a
+# killed worker's torchrun then stops its ranks rather than train on unseen. (preexec_fn
+# would do it before exec, but is unsafe in a process with threads, as a worker is.)
+_WITH_PARENT = ("import ctypes, os, signal, sys\n"
+                "prctl = getattr(ctypes.CDLL(None), 'prctl', None)\n"
+                "if prctl is not None:\n"
+                "    prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+                "if os.getppid() != int(sys.argv[1]):  # it died before that\n"
+                "    sys.exit(143)\n"
+                "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def start_with_parent(argv: list[str]) -> subprocess.Popen:
+    """Start `argv` (argv[0] a full path) as a child that ends when this process does."""
+    return subprocess.Popen([sys.executable, "-c", _WITH_PARENT, str(os.getpid()), *argv])
+
+
 def run_command_on(processes: int, argv: list[str]) -> int:
     """Run `python -m flywheel ARGV` on `processes` processes of this machine; its exit code."""
-    return subprocess.run([*torchrun_command(processes), "-m", "flywheel", *argv]).returncode
+    process = start_with_parent([*torchrun_command(processes), "-m", "flywheel", *argv])
+    try:
+        return process.wait()
+    finally:
+        _stop(process)
 
 
 # -- one function on N processes ---------------------------------------------------------
@@ -264,18 +285,32 @@ def launch(target: str, payload: dict[str, Any], *, processes: int,
         folder = Path(job)
         torch.save({"target": target, "payload": payload}, folder / "job.pt")
         command = [*torchrun_command(processes), "-m", "trainer.distributed", job]
-        process = subprocess.Popen(command)
+        process = start_with_parent(command)
         read = 0
-        while True:
-            finished = process.poll() is not None
-            read = _relay_progress(folder / "progress.jsonl", read, progress)
-            if finished:
-                break
-            time.sleep(0.2)
+        try:
+            while True:
+                finished = process.poll() is not None
+                read = _relay_progress(folder / "progress.jsonl", read, progress)
+                if finished:
+                    break
+                time.sleep(0.2)
+        finally:
+            _stop(process)
         if process.returncode != 0:
             raise RuntimeError(f"{target} failed on {processes} processes (exit code "
                                f"{process.returncode}); its ranks' errors are in the log above")
         return torch.load(folder / "result.pt", map_location="cpu", weights_only=False)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End `process` if it still runs (we were interrupted): torchrun stops its ranks."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _relay_progress(path: Path, read: int, progress: Progress | None) -> int:
