@@ -25,6 +25,9 @@ Resolutions (who and when on the item, and an audit event, `review_<action>`):
 * `redact` — the rewrite's text, else the message's, becomes `REDACTED` in the store, and
   is left out of training.
 
+A disagreement's message is every copy of it that its votes judged (the answer thumbed, or
+the prompt of the picks), for `exclude` `message` and `redact` alike.
+
 A flag excluded by `vote` or `user` is `dismissed`; by `message` or redaction, `resolved`.
 An item is resolved once: resolving it again is refused (`AlreadyResolved`).
 """
@@ -252,9 +255,8 @@ def _exclude(session: Session, item: ReviewItem, kind: ReviewKind, scope: str | 
     """The exclusions of one resolution (`made`: who made them, for which item); returns
     the user excluded, if any."""
     if scope == "message":
-        if item.message_id is None:
-            raise InvalidFeedback(f"review item {item.id} has no message to exclude")
-        exclude(session, scope=ExclusionScope.message, target_id=item.message_id, **made)
+        for message_id in _messages_of(session, item):
+            exclude(session, scope=ExclusionScope.message, target_id=message_id, **made)
         return None
     if scope == "vote":
         if kind != ReviewKind.disagreement:
@@ -286,12 +288,24 @@ def _redact(session: Session, item: ReviewItem, kind: ReviewKind, made: dict[str
             session.add(rewrite)
             exclude(session, scope=ExclusionScope.rewrite, target_id=rewrite.id, **made)
         return
-    message = session.get(Message, item.message_id) if item.message_id is not None else None
-    if message is None:
-        raise InvalidFeedback(f"review item {item.id} has no message to redact")
-    message.content = REDACTED
-    session.add(message)
-    exclude(session, scope=ExclusionScope.message, target_id=message.id, **made)
+    for message in _messages(session, _messages_of(session, item)):
+        message.content = REDACTED
+        session.add(message)
+        exclude(session, scope=ExclusionScope.message, target_id=message.id, **made)
+
+
+def _messages_of(session: Session, item: ReviewItem) -> list[int]:
+    """The message an item is about; for a disagreement grouped by text, every copy of it
+    (the answers its thumbs judged, or the prompts of its picks)."""
+    ids = {item.message_id} if item.message_id is not None else set()
+    if ratings := item.detail.get("ratings"):
+        ids.update(session.exec(select(Rating.message_id).where(col(Rating.id).in_(ratings))))
+    if comparisons := item.detail.get("comparisons"):
+        ids.update(session.exec(select(Comparison.prompt_message_id).where(
+            col(Comparison.id).in_(comparisons))))
+    if not ids:
+        raise InvalidFeedback(f"review item {item.id} has no message left")
+    return sorted(ids)
 
 
 def disagreement_voters(session: Session, item: ReviewItem) -> dict[int, str]:

@@ -192,3 +192,25 @@ def test_opposite_picks_between_the_same_answers_are_a_disagreement(session, ali
     resolve(session, item_id=entry.id, action="exclude", scope="vote")
     kept = training_filter(session)
     assert not any(kept.keeps_comparison(c) for c in picked)
+
+
+def test_redacting_a_pick_disagreement_redacts_every_copy_of_its_prompt(session, alice, bob):
+    prompts = []
+    for user, choice in ((alice, "a"), (bob, "b")):
+        first = _asked(session, user, "My SSN is 078-05-1120. Dogs?", "Dogs are kind.")
+        second = conversations.add_message(session, conversation_id=first.conversation_id,
+                                           role="assistant", content="Dogs are odd.",
+                                           parent_id=first.parent_id)
+        comparison = votes.create_comparison(session, user_id=user.id,
+                                             prompt_message_id=first.parent_id,
+                                             candidate_ids=[first.id, second.id])
+        votes.record_choice(session, comparison_id=comparison.id, user_id=user.id,
+                            choice=choice)
+        prompts.append(first.parent_id)
+    sync_review_queue(session)
+    [entry] = list_review_items(session, kind="disagreement").items
+    resolve(session, item_id=entry.id, action="redact")
+    session.expire_all()
+    assert [session.get(Message, p).content for p in prompts] == [REDACTED] * 2  # each copy
+    kept = training_filter(session)
+    assert not any(kept.keeps_message(p) for p in prompts)
