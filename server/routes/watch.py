@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from feedback.db import session_scope
-from feedback.queries.watch import Figures, watch_report
+from feedback.queries.watch import watch_report
 from server.auth import Operator
 from server.deps import SettingsDep
 from server.store import Store
@@ -59,10 +59,6 @@ class WatchOut(BaseModel):
     adapters: list[AdapterWatch]
 
 
-def _figures(figures: Figures) -> dict:
-    return figures.summary()
-
-
 @router.get("/watch")
 def get_watch(_: Operator, db: Store, settings: SettingsDep,
               bucket: Literal["hour", "day"] = "hour", since: datetime | None = None,
@@ -79,7 +75,7 @@ def get_watch(_: Operator, db: Store, settings: SettingsDep,
         reward_model=report.reward_model, live=report.live, predecessor=report.predecessor,
         alarm=VerdictOut(**vars(report.alarm)),
         rollback=RollbackOut(**vars(report.rollback), automatic=settings.auto_rollback),
-        adapters=[AdapterWatch(version=version, totals=_figures(report.totals[version]),
-                               buckets=[BucketOut(start=start, **_figures(figures))
+        adapters=[AdapterWatch(version=version, totals=report.totals[version].summary(),
+                               buckets=[BucketOut(start=start, **figures.summary())
                                         for start, figures in buckets])
                   for version, buckets in sorted(report.series.items())])
