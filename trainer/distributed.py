@@ -203,7 +203,8 @@ def data_parallel() -> DataParallel:
 
 def on_main(dp: DataParallel, work: Callable[[], Any]) -> Any:
     """`work()` on rank 0 alone (reading the store, say), its result on every rank. An
-    error there is raised there; the other ranks end quietly (exit code 2)."""
+    error there is raised there; the other ranks end quietly, with exit code 0, so that
+    torchrun waits for rank 0 to say what went wrong and ends with its exit code."""
     result = error = None
     if dp.is_main:
         try:
@@ -214,7 +215,7 @@ def on_main(dp: DataParallel, work: Callable[[], Any]) -> Any:
     if error is not None:
         raise error
     if failed:
-        raise SystemExit(2)
+        raise SystemExit(0)
     return result
 
 
@@ -241,8 +242,8 @@ def teardown() -> None:
 
 
 def torchrun_command(processes: int) -> list[str]:
-    """`torchrun --standalone --nproc-per-node N` as this interpreter runs it."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    """`torchrun --standalone --nproc-per-node N`, as this interpreter runs it (`_torchrun`)."""
+    return [sys.executable, "-m", "trainer.distributed", "torchrun", "--standalone",
             f"--nproc-per-node={processes}"]
 
 
@@ -284,7 +285,7 @@ def launch(target: str, payload: dict[str, Any], *, processes: int,
     with tempfile.TemporaryDirectory(prefix="flywheel-job-") as job:
         folder = Path(job)
         torch.save({"target": target, "payload": payload}, folder / "job.pt")
-        command = [*torchrun_command(processes), "-m", "trainer.distributed", job]
+        command = [*torchrun_command(processes), "-m", "trainer.distributed", "job", job]
         process = start_with_parent(command)
         read = 0
         try:
@@ -348,6 +349,23 @@ def _run_job(folder: Path) -> None:
         teardown()
 
 
+def _torchrun(args: list[str]) -> int:
+    """torchrun with `args`; a failed rank ends it with that rank's exit code, and without
+    torchrun's traceback of itself (the rank has said what went wrong: `error: …` or its
+    own traceback; torchrun logs which rank failed and how)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    try:
+        run(get_args_parser().parse_args(args))
+    except ChildFailedError as e:
+        _, failure = e.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    _run_job(Path(sys.argv[1]))
+    if sys.argv[1] == "torchrun":
+        sys.exit(_torchrun(sys.argv[2:]))
+    _run_job(Path(sys.argv[2]))

@@ -128,3 +128,4 @@ def test_two_processes_register_one_reward_model_that_one_process_matches(data_f
                                     tmp_path / "one-rm")))
     for key in ("accuracy", "loss", "reward_mean", "reward_std", "steps"):
         assert figures[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key
+

@@ -7,10 +7,11 @@ from unittest import mock
 
 import torch
 
+from flywheel.errors import FlywheelError
 from tests.fixtures.tiny_models import build_tiny_model, tiny_tokenizer
 from tests.trainer.synthetic import synthetic_pairs
 from trainer.data import Label, Pair
-from trainer.distributed import data_parallel
+from trainer.distributed import data_parallel, on_main
 from trainer.dpo import DPOConfig, train_dpo
 from trainer.ppo import PPOConfig, prepare_policy, train_ppo
 from trainer.reward import RewardConfig, train_reward_model
@@ -29,15 +30,29 @@ PROMPTS = [[{"role": "user", "content": f"tell me about thing number {i}"}] for 
 
 
 def collectives(**_) -> dict:
-    """The global figures of VALUES/MASK, from each rank's part of the rows."""
+    """The global figures of VALUES/MASK, from each rank's part of the rows; what each rank
+    sees of work done on rank 0 alone, and of an error there."""
     dp = data_parallel()
+
+    def fail():
+        raise FlywheelError("no pairs")
+
+    try:
+        on_main(dp, fail)
+        failure = "returned"
+    except FlywheelError as e:
+        failure = f"raised: {e}"
+    except SystemExit as e:
+        failure = f"exit {e.code}"
     part = dp.part(len(VALUES))
     values, mask = VALUES[part], MASK[part]
     shares = [(mine.tolist(), share) for mine, share in
               dp.minibatches(MINIBATCHES, mask.sum(1))]
     return {"whitened": dp.gather_rows(dp.whiten(values, mask)).tolist(),
             "masked_mean": dp.masked_mean(values, mask), "mean": dp.mean(values[:, 0]),
-            "shares": dp.gather([shares]), "sum": dp.sum(torch.tensor(1.0)).item()}
+            "shares": dp.gather([shares]), "sum": dp.sum(torch.tensor(1.0)).item(),
+            "on_main": dp.gather([on_main(dp, lambda: f"from rank {dp.rank}")]),
+            "failure": dp.gather([failure])}
 
 
 def reward_run(**_) -> dict:

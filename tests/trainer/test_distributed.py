@@ -72,6 +72,11 @@ def test_two_processes_reduce_as_one(runs):
     assert two["mean"] == pytest.approx(one["mean"]) == pytest.approx(0.7)
     # Rank 0 holds rows 0-1 (2 and 3 tokens), rank 1 rows 2-4 (2, 4 and 2 tokens). Each
     # share is 2 × its tokens of the minibatch's; rank 0 has no row of [2]: a stand-in, 0.
+    # Work on rank 0 alone reaches every rank; its error is raised there, and the others
+    # end quietly (exit code 0: torchrun then waits for rank 0, whose code is the command's).
+    assert one["on_main"] == ["from rank 0"] and two["on_main"] == ["from rank 0"] * 2
+    assert one["failure"] == ["raised: no pairs"]
+    assert two["failure"] == ["raised: no pairs", "exit 0"]
     rank0, rank1 = two["shares"]
     assert rank0 == [([0], 1.0), ([1], pytest.approx(2 * 3 / 7)), ([0], 0.0)]
     assert rank1 == [([2], 1.0), ([1], pytest.approx(2 * 4 / 7)), ([0], 2.0)]
