@@ -23,14 +23,20 @@ interleave. It holds every conversation, so it is created 0600 (and its folder, 
 makes it, 0700). A process killed between its commit and the append loses that transaction's
 records (the store keeps them; `feedback export --format log` writes the whole store). A
 failed append is logged as an error and does not undo the commit. Core UPDATE statements
-are not seen; the store's queries use them only for leases, which are not logged.
+are not seen; the store's queries use them only for leases (and an API key's last use),
+which are not logged.
+
+An erasure (`feedback.erasure`) rewrites the file without a user's records: under the same
+lock, into a temporary file renamed over it. An appender that was waiting for the lock
+finds the file replaced and appends to the new one.
 """
 
 import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +56,16 @@ TABLES = {model.__table__.name: kind for kind, model in MODELS.items()}
 RANK = {kind: rank for rank, kind in enumerate(MODELS)}
 
 
+@dataclass
+class RewriteReport:
+    read: int = 0  # records read on the last pass
+    written: int = 0
+    unreadable: int = 0  # lines dropped on the last pass: not JSON objects
+
+
 class EventLog:
-    """An append-only JSON-lines file that many processes may append to at once."""
+    """An append-only JSON-lines file that many processes may append to at once, and that
+    an erasure may rewrite (`rewrite`) while they do."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -61,9 +75,8 @@ class EventLog:
         if not body:
             return
         private_dirs(self.path.parent)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        fd = _open_locked(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_size == 0:
                 body = _line(header("events")) + body
             view = memoryview(body)
@@ -71,6 +84,78 @@ class EventLog:
                 view = view[os.write(fd, view):]
         finally:
             os.close(fd)  # and with it the lock
+
+    def rewrite(self, edit: Callable[[Callable[[], Iterator[dict[str, Any]]]],
+                                     Iterable[dict[str, Any]]]) -> RewriteReport:
+        """Replace the file, atomically, with its header and the records `edit` yields.
+        `edit` gets a function that reads the file's records afresh each time it is
+        called (so it may read them twice: once to plan, once to edit). Appends wait
+        meanwhile and then go to the new file; a crash leaves the old file whole. Lines
+        that are not JSON objects (a write cut short by a crash) are dropped and counted.
+        No file, nothing to do."""
+        report = RewriteReport()
+        try:
+            fd = _open_locked(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return report
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.rewrite")
+        try:
+            with os.fdopen(os.dup(fd), "rb") as source:
+                head = source.readline()
+            out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with os.fdopen(out, "wb") as target:
+                target.write(head)
+                for record in edit(lambda: _records(fd, report)):
+                    target.write(_line(record))
+                    report.written += 1
+                target.flush()
+                os.fsync(target.fileno())
+            os.replace(temp, self.path)
+            _fsync_dir(self.path.parent)
+        finally:
+            temp.unlink(missing_ok=True)
+            os.close(fd)  # appenders waiting on the old file find it replaced, and reopen
+        return report
+
+
+def _open_locked(path: Path, flags: int) -> int:
+    """A descriptor on `path` holding its exclusive lock. A rewrite replaces the file while
+    others wait for the lock: whoever then gets the old one's lock opens the new one."""
+    while True:
+        fd = os.open(path, flags, FILE_MODE)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _records(fd: int, report: RewriteReport) -> Iterator[dict[str, Any]]:
+    """The records of the file behind `fd`, header left out, from the start."""
+    report.read = report.unreadable = 0
+    with os.fdopen(os.dup(fd), "rb") as source:
+        source.seek(0)
+        source.readline()
+        for raw in source:
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                report.unreadable += raw.strip() != b""
+                continue
+            report.read += 1
+            yield record
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _line(record: dict[str, Any]) -> bytes:

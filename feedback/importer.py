@@ -13,9 +13,9 @@ id is remapped to the store's own, so a log can be merged into a store that alre
 feedback. Conversations the store already holds (same external id, or same owner and
 creation time) are skipped with their messages and the votes on them. A later state of
 a record updates the row restored from it, and a deletion deletes it. Only the feedback
-is merged: the registry (adapters, reward models), training runs and annotator quality
-belong to the store that wrote the log, and are counted as not imported (`feedback.replay`
-rebuilds a whole store, ids and all).
+is merged: the registry (adapters, reward models), training runs, annotator quality and
+erasure records belong to the store that wrote the log, and are counted as not
+imported (`feedback.replay` rebuilds a whole store, ids and all).
 """
 
 from collections.abc import Iterable, Iterator
@@ -64,7 +64,7 @@ class ImportReport:
     invalid_examples: list[str] = field(default_factory=list)  # the first few, FILE:LINE
     log: bool = False  # a flywheel log (restored) rather than a data file
     restored: dict[str, int] = field(default_factory=dict)  # a log's records, by type
-    not_imported: int = 0  # a log's registry, training run and annotator quality records
+    not_imported: int = 0  # a log's registry, run, annotator quality and erasure records
 
     def summary(self) -> str:
         """What happened, in a line, then the first invalid lines skipped."""
@@ -78,7 +78,7 @@ class ImportReport:
                  f"{_plural(self.skipped_invalid, 'invalid line')}"]
         if self.not_imported:
             lines.append(f"not imported: {_plural(self.not_imported, 'record')} of the "
-                         "registry, training runs and annotator quality")
+                         "registry, training runs, annotator quality and erasures")
         more = self.skipped_invalid - len(self.invalid_examples)
         return "\n".join(lines + self.invalid_examples + ([f"… and {more} more"] if more else []))
 

@@ -10,8 +10,10 @@ of records above it.
 
 Types, in dependency order: user, conversation, message, rating, comparison, rewrite, flag
 (the feedback), then reward_model, adapter, training_run, audit_event (the registry and its
-history) and annotator_quality (each user's agreement with the last reward model, which
-weighs their votes in training). Version 2 files written before reward models joined the
+history), annotator_quality (each user's agreement with the last reward model, which
+weighs their votes in training) and erasure (that a user's data was erased, by whom and
+how many rows: naming nobody; in an event log, all that is left of that user's records,
+see `feedback.erasure`). Version 2 files written before reward models joined the
 registry have no reward_model records, and read as they are. After audit_event come
 review_item and training_exclusion (the operators' review queue and what they left out of
 training: `feedback.queries.review`); older files have none, and their flags read as open.
@@ -38,6 +40,7 @@ from feedback.models import (
     Choice,
     Comparison,
     Conversation,
+    Erasure,
     ExclusionScope,
     Flag,
     FlagCategory,
@@ -67,7 +70,7 @@ MODELS: dict[str, type[SQLModel]] = {
     "reward_model": RewardModelVersion, "adapter": Adapter, "training_run": TrainingRun,
     "audit_event": AuditEvent,
     "review_item": ReviewItem, "training_exclusion": TrainingExclusion,
-    "annotator_quality": AnnotatorQuality}
+    "annotator_quality": AnnotatorQuality, "erasure": Erasure}
 FEEDBACK_TYPES = ("user", "conversation", "message", "rating", "comparison", "rewrite", "flag")
 KEYS = {kind: "user_id" if kind == "annotator_quality" else "id" for kind in MODELS}
 SECRET = {"api_key_hash"}
@@ -92,6 +95,7 @@ REFERENCES: dict[str, dict[str, str]] = {
                            "flag_id": "flag", "user_id": "user",
                            "review_item_id": "review_item", "actor_id": "user"},
     "annotator_quality": {},  # its key, user_id, is a user's id
+    "erasure": {},  # names nobody
 }
 ALLOWED: dict[tuple[str, str], set[Any]] = {
     ("user", "role"): set(Role), ("message", "role"): set(MessageRole),
@@ -108,7 +112,8 @@ STATE_TIME = {"user": "created_at", "conversation": "created_at", "message": "cr
               "flag": "created_at", "reward_model": "updated_at", "adapter": "updated_at",
               "training_run": "started_at", "review_item": "created_at",
               "training_exclusion": "created_at",
-              "audit_event": "created_at", "annotator_quality": "computed_at"}
+              "audit_event": "created_at", "annotator_quality": "computed_at",
+              "erasure": "erased_at"}
 
 
 class LogRecord(NamedTuple):

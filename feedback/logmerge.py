@@ -1,7 +1,7 @@
 """Merging a flywheel log into a store that may already hold feedback (what
 `feedback import` does with a log; see `feedback.importer`): users matched by handle,
 every id remapped, conversations the store holds skipped, later states applied to the rows
-restored from them, deletions done, registry records left out."""
+restored from them, deletions done, registry (and erasure) records left out."""
 
 from datetime import datetime
 from typing import TYPE_CHECKING, Any

@@ -3,9 +3,9 @@
 `replay_log` applies the records in order into an empty store: the first state of a row
 inserts it with the log's id, a later state updates it, a deletion deletes it (and what
 the database cascades with it). Every record type is replayed — feedback, adapter and
-reward-model registry, training runs, audit trail, annotator quality — so the rebuilt
-store answers every query as the original did, ids included; users come back without API
-keys (a log never holds them). With `until`, only the records whose state began at or
+reward-model registry, training runs, audit trail, annotator quality, erasures — so the
+rebuilt store answers every query as the original did, ids included; users come back
+without API keys (a log never holds them). With `until`, only the records whose state began at or
 before that time count (`feedback.logformat.STATE_TIME`): the store as it was then, as far
 as the log tells (an event log holds every state; an export only the last one of each row).
 

@@ -38,6 +38,7 @@ from server.routes import (
     review,
     reward_models,
     rewrites,
+    users,
     watch,
 )
 from server.security import BrowserHardening
@@ -114,7 +115,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
 
     for module in (operations, chat_ws, openai, conversations, ratings, comparisons,
                    rewrites, flags, adapters, reward_models, annotators, feedback_browser,
-                   leaderboard, review, watch):
+                   leaderboard, review, watch, users):
         app.include_router(module.router)
     if (WEB_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

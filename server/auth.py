@@ -13,6 +13,7 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
@@ -45,8 +46,16 @@ def sign(user_id: int, keys: Sequence[str]) -> str:
 def verify(cookie: str, keys: Sequence[str]) -> int | None:
     """The user id of a cookie signed with any of the keys, younger than the cookie's
     max age; None for anything else (a malformed cookie is no session, never an error)."""
+    signed = verify_signed(cookie, keys)
+    return None if signed is None else signed[0]
+
+
+def verify_signed(cookie: str, keys: Sequence[str]) -> tuple[int, datetime] | None:
+    """`verify`'s user id, and when the cookie was signed (to the second)."""
     try:
-        return int(_signer(keys).unsign(cookie, max_age=COOKIE_MAX_AGE))
+        value, signed_at = _signer(keys).unsign(cookie, max_age=COOKIE_MAX_AGE,
+                                                return_timestamp=True)
+        return int(value), signed_at
     except (BadData, UnicodeError, ValueError):
         return None
 
@@ -58,15 +67,27 @@ def bearer_key(headers) -> str | None:
 
 def authenticate(session: Session, *, headers, cookies, keys: Sequence[str]) -> User | None:
     """The caller named by an API key or a valid session cookie, else None.
-    Raises 401 for a key that matches nobody."""
+    Raises 401 for a key that matches nobody (unknown, rotated or revoked) or has expired;
+    notes the key's use (at most once a minute)."""
     key = bearer_key(headers)
     if key is not None:
         user = users.get_user_by_api_key_hash(session, api_key_hash=hash_api_key(key))
         if user is None:
             raise APIError(401, "invalid API key", code="invalid_api_key")
+        if users.key_expired(user):
+            raise APIError(401, "this API key has expired; ask an admin to rotate it",
+                           code="expired_api_key")
+        users.note_key_use(session, user=user)
         return user
-    user_id = verify(cookies.get(COOKIE, ""), keys)
-    return session.get(User, user_id) if user_id is not None else None
+    signed = verify_signed(cookies.get(COOKIE, ""), keys)
+    if signed is None:
+        return None
+    user = session.get(User, signed[0])
+    # A cookie signed before its user was made names an erased user whose id SQLite gave
+    # to someone new: no session (cookies are signed once their user is committed).
+    if user is None or signed[1] < user.created_at.replace(microsecond=0):
+        return None
+    return user
 
 
 def cookie_header(user: User, connection: HTTPConnection) -> str:
@@ -75,6 +96,12 @@ def cookie_header(user: User, connection: HTTPConnection) -> str:
     value = sign(user.id, connection.app.state.settings.session_keys)
     secure = "; Secure" if connection.url.scheme in ("https", "wss") else ""
     return f"{COOKIE}={value}; Max-Age={COOKIE_MAX_AGE}; Path=/; HttpOnly; SameSite=Lax{secure}"
+
+
+def clear_cookie_header(connection: HTTPConnection) -> str:
+    """A Set-Cookie that ends the session (its user was erased)."""
+    secure = "; Secure" if connection.url.scheme in ("https", "wss") else ""
+    return f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}"
 
 
 NOBODY = 0  # no user has this id: what a caller without a session owns
@@ -137,16 +164,28 @@ async def current_user(found: CallerDep, request: Request, response: Response) -
     return await ensure_session(found, request, response)
 
 
-def operator(request: Request) -> User:
+def _key_holder(request: Request, roles: tuple[Role, ...], who: str) -> User:
     if bearer_key(request.headers) is None:
-        raise APIError(401, "operator routes need an API key (Authorization: Bearer …)",
+        raise APIError(401, f"{who} routes need an API key (Authorization: Bearer …)",
                        code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
     with session_scope(request.app.state.db) as session:
         user = authenticate(session, headers=request.headers, cookies={},
                             keys=request.app.state.settings.session_keys)
-    if user.role not in (Role.operator, Role.admin):
-        raise APIError(403, "this route is for operators", code="forbidden")
+    if user.role not in roles:
+        raise APIError(403, f"this route is for {who}s", code="forbidden")
     return user
+
+
+def operator(request: Request) -> User:
+    """An operator's key (adapters, reward models, review): operators and admins. An admin
+    may do an operator's work: one who may create keys of any role could give themselves
+    an operator's key anyway."""
+    return _key_holder(request, (Role.operator, Role.admin), "operator")
+
+
+def admin(request: Request) -> User:
+    """An admin's key (users and keys): admins only."""
+    return _key_holder(request, (Role.admin,), "admin")
 
 
 async def vote_scope(found: CallerDep) -> int | None:
@@ -161,3 +200,4 @@ CallerId = Annotated[int, Depends(caller_id)]
 VoteScope = Annotated[int | None, Depends(vote_scope)]
 CurrentUser = Annotated[User, Depends(current_user)]
 Operator = Annotated[User, Depends(operator)]
+Admin = Annotated[User, Depends(admin)]

@@ -201,6 +201,19 @@ def _move(session: Session, adapter: Adapter, new: AdapterStatus, *, actor: str,
     return adapter
 
 
+def mark_trained_on_erased_data(session: Session, *, versions: list[str], actor: str,
+                                detail: dict[str, Any] | None = None) -> list[str]:
+    """Mark adapters whose training data included a user who has since been erased (an
+    operator retrains them); each mark is audited ("trained_on_erased_data")."""
+    adapters = list(session.exec(select(Adapter).where(col(Adapter.version).in_(versions))))
+    for adapter in adapters:
+        adapter.trained_on_erased_data = True
+        session.add(adapter)
+        record_audit_event(session, actor=actor, action="trained_on_erased_data",
+                           adapter_version=adapter.version, detail=detail)
+    return [adapter.version for adapter in adapters]
+
+
 # -- the audit trail ------------------------------------------------------------------
 
 

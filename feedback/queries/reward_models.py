@@ -106,6 +106,20 @@ def set_reward_model_status(session: Session, *, version: str, status: str, acto
     return row
 
 
+def mark_trained_on_erased_data(session: Session, *, versions: list[str], actor: str,
+                                detail: dict[str, Any] | None = None) -> list[str]:
+    """Mark reward models whose training data included a user who has since been erased
+    (an operator retrains them); each mark is audited ("trained_on_erased_data")."""
+    rows = list(session.exec(select(RewardModelVersion).where(
+        col(RewardModelVersion.version).in_(versions))))
+    for row in rows:
+        row.trained_on_erased_data = True
+        session.add(row)
+        _audit(session, row, "trained_on_erased_data", actor=actor, actor_id=None,
+               detail=detail)
+    return [row.version for row in rows]
+
+
 def reward_model_audit_events(session: Session, *, version: str,
                               limit: int = 100) -> list[AuditEvent]:
     """One reward model's audit trail, newest first."""

@@ -23,6 +23,7 @@ from flywheel.cli import (
     simulate,
     store,
     training,
+    users,
     watch,
 )
 from flywheel.cli.common import FlywheelGroup
@@ -54,7 +55,7 @@ app.add_typer(loop.runs_app, name="runs")
 app.add_typer(adapters.adapters_app, name="adapters")
 app.add_typer(reward_models.reward_models_app, name="reward-models")
 app.add_typer(review.review_app, name="review")
-app.add_typer(store.users_app, name="users")
+app.add_typer(users.users_app, name="users")
 app.add_typer(store.feedback_app, name="feedback")
 app.add_typer(store.db_app, name="db")
 app.command("demo-model")(serving.demo_model)

@@ -1,4 +1,5 @@
-"""Commands on the feedback store: schema, users and keys, import and export."""
+"""Commands on the feedback store: schema, import, export and replay (users and keys:
+`flywheel.cli.users`)."""
 
 from enum import StrEnum
 from pathlib import Path
@@ -6,14 +7,11 @@ from typing import Annotated
 
 import typer
 
-from feedback.models import Role
 from flywheel.cli.common import DataDirOption, DbOption, progress_bar, settings_from
-from flywheel.errors import FlywheelError
 
 db_app = typer.Typer(no_args_is_help=True, help="The feedback store's schema.")
 feedback_app = typer.Typer(no_args_is_help=True,
                            help="Import, export and replay feedback.")
-users_app = typer.Typer(no_args_is_help=True, help="Users and API keys.")
 
 
 class ExportFormat(StrEnum):
@@ -95,47 +93,3 @@ def feedback_replay(
     with progress_bar(f"replaying {log.name}") as on_progress:
         report = replay_log(engine, log, on_progress=on_progress)
     typer.echo(report.summary())
-
-
-@users_app.command("create")
-def users_create(
-    handle: Annotated[str, typer.Argument(help="A unique name, e.g. alice.")],
-    role: Annotated[Role, typer.Option(help="What the key may do.")] = Role.user,
-    db: DbOption = None,
-    data_dir: DataDirOption = None,
-) -> None:
-    """Create a user with an API key. The key is printed once and stored only hashed."""
-    from feedback.db import open_store, session_scope
-    from feedback.queries import users
-    from flywheel.api_keys import hash_api_key, new_api_key
-
-    settings = settings_from(db=db, data_dir=data_dir)
-    engine = open_store(settings.db_url, event_log=settings.event_log_path)
-    key = new_api_key()
-    with session_scope(engine) as session:
-        if users.get_user_by_handle(session, handle=handle) is not None:
-            raise FlywheelError(f"a user named {handle!r} already exists")
-        users.create_user(session, handle=handle, role=role, api_key_hash=hash_api_key(key))
-    typer.echo(f"created {role.value} {handle}; API key (shown only now):")
-    typer.echo(key)
-
-
-@users_app.command("quality")
-def users_quality(db: DbOption = None, data_dir: DataDirOption = None) -> None:
-    """Annotator quality: each user's votes, careless pattern, agreement with the
-    consensus and with the last reward model, and the weight training gives their votes."""
-    from feedback.db import open_store, session_scope
-    from feedback.queries.annotators import annotator_quality
-
-    engine = open_store(settings_from(db=db, data_dir=data_dir).db_url)
-    with session_scope(engine) as session:
-        report = annotator_quality(session)
-    typer.echo(f"reward model: {report.reward_model or '(none measured yet)'}")
-    typer.echo(f"{'user':>6}  {'handle':<24} {'votes':>6} {'consensus':>13} "
-               f"{'reward model':>12}  {'pattern':<11} {'weight':>6}")
-    for a in report.annotators:
-        consensus = "-" if a.consensus_agreement is None else \
-            f"{a.consensus_agreement:.2f} ({a.consensus_items})"
-        rm = "-" if a.reward_model_agreement is None else f"{a.reward_model_agreement:.2f}"
-        typer.echo(f"{a.user_id:>6}  {a.handle[:24]:<24} {a.votes:>6} {consensus:>13} "
-                   f"{rm:>12}  {a.pattern or '-':<11} {a.weight:>6.2f}")

@@ -1,9 +1,7 @@
-"""Health, metrics, and who am I."""
+"""Health and metrics (who am I: `server.routes.users`)."""
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel
 
-from server.auth import CurrentUser
 from server.deps import Adapters, Chat, MetricsDep
 
 router = APIRouter(tags=["operations"])
@@ -32,15 +30,3 @@ def metrics(metrics: MetricsDep, chat: Chat, adapters: Adapters) -> Response:
     metrics.queue_depth.set(chat.engine.queued)
     metrics.loaded_adapters.set(len(adapters.loaded))
     return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-
-class Me(BaseModel):
-    id: int
-    handle: str
-    role: str
-
-
-@router.get("/api/me")
-def me(user: CurrentUser) -> Me:
-    """The caller; a browser's first call here also starts its session."""
-    return Me(id=user.id, handle=user.handle, role=user.role)
