@@ -37,6 +37,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import and_, func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -96,15 +97,16 @@ def sync_review_queue(session: Session) -> int:
                 ~select(ReviewItem.id).where(ReviewItem.rewrite_id == Rewrite.id).exists())):
         rows.append(dict(kind=ReviewKind.rewrite, key=f"rewrite:{rewrite_id}",
                          rewrite_id=rewrite_id, message_id=message_id, user_id=user_id))
-    disagreements = _disagreements(session)
-    known = {item.key: item for item in session.exec(
-        select(ReviewItem).where(ReviewItem.kind == ReviewKind.disagreement))}
-    for key, (message_id, detail) in disagreements.items():
-        item = known.get(key)
-        if item is None:
+    known = {key: (item_id, status, detail)
+             for item_id, key, status, detail in session.exec(
+                 select(ReviewItem.id, ReviewItem.key, ReviewItem.status, ReviewItem.detail)
+                 .where(ReviewItem.kind == ReviewKind.disagreement))}
+    for key, (message_id, detail) in _disagreements(session).items():
+        if key not in known:
             rows.append(dict(kind=ReviewKind.disagreement, key=key, message_id=message_id,
                              detail=detail))
-        elif item.status == ReviewStatus.open and item.detail != detail:
+        elif known[key][1] == ReviewStatus.open and known[key][2] != detail:  # more votes
+            item = session.get(ReviewItem, known[key][0])
             item.detail = detail
             session.add(item)
     session.flush()
@@ -132,14 +134,8 @@ def _add_new(session: Session, rows: list[dict[str, Any]]) -> int:
 
 def _disagreements(session: Session) -> dict[str, tuple[int, dict[str, list[int]]]]:
     """key -> (the message shown for it, {"ratings": ids} or {"comparisons": ids})."""
-    answer, prompt = aliased(Message), aliased(Message)
     thumbs: dict[tuple, dict[int, tuple[int, int, int]]] = defaultdict(dict)
-    for rating_id, user_id, thumb, message_id, text, question, parent in session.exec(
-            select(Rating.id, Rating.user_id, Rating.thumb, Rating.message_id, answer.content,
-                   prompt.content, prompt.parent_id)
-            .join(answer, col(answer.id) == Rating.message_id)
-            .join(prompt, col(prompt.id) == answer.parent_id)
-            .order_by(col(Rating.id))):
+    for rating_id, user_id, thumb, message_id, text, question, parent in _split_thumbs(session):
         item = ("thumb", question, text) if parent is None else ("thumb", message_id)
         thumbs[item][user_id] = (rating_id, thumb, message_id)
     found: dict[str, tuple[int, dict[str, list[int]]]] = {}
@@ -153,6 +149,32 @@ def _disagreements(session: Session) -> dict[str, tuple[int, dict[str, list[int]
             ids = sorted(comparison_id for comparison_id, _, _ in votes.values())
             found[_key(item)] = (min(votes.values())[2], {"comparisons": ids})
     return found
+
+
+def _split_thumbs(session: Session) -> list[tuple]:
+    """The ratings of the items thumbed both up and down (found by the database, so a
+    listing does not read every rating): (rating id, user, thumb, message, answer text,
+    prompt text, the prompt's parent), in rating order."""
+    answer, prompt = aliased(Message), aliased(Message)
+    first_turn = col(prompt.parent_id).is_(None)
+    split = func.min(Rating.thumb) < func.max(Rating.thumb)
+
+    def judged(*columns: Any) -> Any:
+        return (select(*columns).select_from(Rating)
+                .join(answer, col(answer.id) == Rating.message_id)
+                .join(prompt, col(prompt.id) == answer.parent_id))
+
+    texts = (judged(prompt.content.label("question"), answer.content.label("text"))
+             .where(first_turn).group_by(prompt.content, answer.content).having(split)
+             .subquery())
+    messages = judged(Rating.message_id).where(~first_turn).group_by(
+        Rating.message_id).having(split)
+    rows = judged(Rating.id, Rating.user_id, Rating.thumb, Rating.message_id, answer.content,
+                  prompt.content, prompt.parent_id)
+    same_text = rows.join(texts, and_(texts.c.question == prompt.content,
+                                      texts.c.text == answer.content)).where(first_turn)
+    same_message = rows.where(~first_turn, col(Rating.message_id).in_(messages))
+    return sorted([*session.exec(same_text), *session.exec(same_message)])
 
 
 def _picks(session: Session) -> dict[tuple, dict[int, tuple[int, object, int]]]:

@@ -165,6 +165,12 @@ def test_opposite_thumbs_on_the_same_answer_are_a_disagreement(session, alice, b
         {"user_id": alice.id, "handle": "alice", "vote": "up"},
         {"user_id": bob.id, "handle": "bob", "vote": "up"},
         {"user_id": carol.id, "handle": "carol", "vote": "down"}]
+    dave = users.create_user(session, handle="dave")
+    votes.upsert_rating(session, message_id=_asked(session, dave, "Cats?", "Cats are kind.").id,
+                        user_id=dave.id, thumb=1)
+    assert sync_review_queue(session) == 0  # the open item follows its votes
+    [entry] = list_review_items(session, kind="disagreement").items
+    assert [v["handle"] for v in entry.detail["votes"]] == ["alice", "bob", "carol", "dave"]
     with pytest.raises(InvalidFeedback, match="one of this disagreement's voters"):
         resolve(session, item_id=entry.id, action="exclude", scope="user")
     resolve(session, item_id=entry.id, action="exclude", scope="user",
