@@ -1,7 +1,7 @@
-"""Serving benchmark: the real server, driven through its OpenAI API, against the same
-model's in-process `generate`. Prints one JSON line of figures.
+"""Serving benchmark: the real server, driven through its OpenAI API by the openai SDK,
+against the same model's in-process `generate`. Prints one JSON line of figures.
 
-    python bench/serve.py [--model demo] [--tokens 128] [--rounds 3]
+    python bench/serve.py [--model demo] [--tokens 64] [--rounds 3] [--no-hf-serve]
 
 Figures (medians over rounds, measured side by side in one run):
   generate_tps            in-process `model.generate`, one sequence
@@ -14,6 +14,7 @@ Figures (medians over rounds, measured side by side in one run):
   server_peak_rss_mb      the server process's peak resident memory
   hf_serve_tps_1/_4/_16   the same, through `transformers serve` on the same model
   hf_serve_cb_tps_*       …with its continuous batching (`--continuous-batching`)
+  hf_serve_*scaling_16x   their 16 streams / one stream
 """
 
 import argparse
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import torch
 
 from flywheel.model_loading import load_model
@@ -73,31 +75,27 @@ def start_server(model: str, data_dir: Path, port: int) -> subprocess.Popen:
     return wait_healthy(process, f"http://127.0.0.1:{port}/healthz")
 
 
-async def stream_once(client: httpx.AsyncClient, model: str, tokens: int, seed: int):
+async def stream_once(client: openai.AsyncOpenAI, model: str, tokens: int, seed: int):
     """One streamed completion; returns (completion tokens, seconds to first token).
     Tokens come from the usage chunk, or count content chunks where there is none."""
-    body = {"model": model, "messages": PROMPT, "max_tokens": tokens, "seed": seed,
-            "temperature": 1.0, "stream": True, "stream_options": {"include_usage": True}}
     started, first, usage, chunks = time.perf_counter(), None, 0, 0
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                chunks += 1
-                if first is None:
-                    first = time.perf_counter() - started
+    stream = await client.chat.completions.create(
+        model=model, messages=PROMPT, max_tokens=tokens, seed=seed, temperature=1.0,
+        stream=True, stream_options={"include_usage": True})
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage.completion_tokens
+        elif chunk.choices and chunk.choices[0].delta.content:
+            chunks += 1
+            if first is None:
+                first = time.perf_counter() - started
     return usage or chunks, first
 
 
 async def server_round(base_url: str, streams: int, tokens: int, key: str = "",
                        model: str = "flywheel"):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=600) as client:
+    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key or "unused",
+                                  timeout=600, max_retries=0) as client:
         started = time.perf_counter()
         results = await asyncio.gather(*[stream_once(client, model, tokens, seed)
                                          for seed in range(streams)])
@@ -136,7 +134,7 @@ def transformers_serve_figures(name: str, model_dir: Path, continuous: bool, arg
             for streams in (1, 4, 16):
                 tps, _ = asyncio.run(server_round(base_url, streams, args.tokens, model=model))
                 figures.setdefault(f"{name}_tps_{streams}", []).append(tps)
-    except httpx.HTTPError as e:
+    except openai.OpenAIError as e:
         print(f"{name}: failed ({e})", file=sys.stderr)
     finally:
         process.terminate()
@@ -161,8 +159,10 @@ def peak_rss_mb(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
-    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-hf-serve", dest="hf_serve", action="store_false",
+                        help="skip `transformers serve` (measured after the server)")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
@@ -192,8 +192,10 @@ def main() -> None:
         server.wait(timeout=30)
 
     model_dir = Path(loaded.model.name_or_path)
-    for name, continuous in (("hf_serve", False), ("hf_serve_cb", True)):
-        figures.update(transformers_serve_figures(name, model_dir, continuous, args, data_dir))
+    if args.hf_serve:
+        for name, continuous in (("hf_serve", False), ("hf_serve_cb", True)):
+            figures.update(transformers_serve_figures(name, model_dir, continuous, args,
+                                                      data_dir))
 
     med = {name: statistics.median(values) for name, values in figures.items()}
     ttfts.sort()
@@ -204,6 +206,8 @@ def main() -> None:
         "single_stream_ratio": round(med["server_tps_1"] / med["generate_tps"], 3),
         "scaling_16x": round(med["server_tps_16"] / med["server_tps_1"], 2),
         "generate_scaling_16x": round(med["generate_batch16_tps"] / med["generate_tps"], 2),
+        **{f"{name}_scaling_16x": round(med[f"{name}_tps_16"] / med[f"{name}_tps_1"], 2)
+           for name in ("hf_serve", "hf_serve_cb") if f"{name}_tps_16" in med},
         "ttft_p50_ms": round(1000 * ttfts[len(ttfts) // 2], 1),
         "ttft_p99_ms": round(1000 * ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))], 1),
         "server_peak_rss_mb": round(peak, 1),

@@ -31,6 +31,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from feedback.private import private_dirs
+from flywheel import generation
 from flywheel.errors import FlywheelError
 
 VERSION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -200,7 +201,7 @@ class AdapterStore:
         adapters already loaded untouched.
         """
         stored = self.verify(version, sha256=sha256)
-        name = adapter_name or version.replace(".", "_")  # torch module names cannot hold dots
+        name = adapter_name or generation.adapter_name(version)
         is_peft = isinstance(model, PeftModel)
         if is_peft and name in model.peft_config:
             raise FlywheelError(f"an adapter named {name!r} is already loaded")

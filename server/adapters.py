@@ -34,6 +34,7 @@ from feedback.db import session_scope
 from feedback.models import AdapterStatus
 from feedback.queries import adapters as registry
 from flywheel.adapter_store import AdapterStore
+from flywheel.generation import adapter_name
 from server.engine import GenerationEngine
 from server.errors import APIError
 
@@ -104,7 +105,7 @@ class AdapterManager:
 
     @staticmethod
     def engine_name(version: str | None) -> str | None:
-        return None if version is None else version.replace(".", "_")
+        return None if version is None else adapter_name(version)
 
     def degraded(self) -> str | None:
         """Why this server does not serve the adapter the registry says is live, or None."""

@@ -14,6 +14,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from feedback.db import open_store
 from flywheel.adapter_store import AdapterStore
+from flywheel.generation import base_model_name
 from flywheel.model_loading import LoadedModel, load_model
 from flywheel.settings import Settings
 from server.adapters import AdapterManager
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
         metrics = Metrics()
         metrics.registry.register(WatchGauges(db, settings))
         manager = AdapterManager(engine=engine, store=AdapterStore(settings.adapters_dir),
-                                 db=db, base_name=_base_name(settings.model))
+                                 db=db, base_name=base_model_name(settings.model))
         await manager.sync()
         poller = asyncio.create_task(manager.run(every_s=settings.adapter_poll_s))
         app.state.settings = settings
@@ -82,7 +83,8 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
             settings.rate_limit_per_minute, per_address=settings.rate_limit_per_address_per_minute)
         app.state.chat = ChatService(db=db, engine=engine, tokenizer=loaded.tokenizer,
                                      adapters=manager, metrics=metrics,
-                                     max_context=loaded.max_context)
+                                     max_context=loaded.max_context, settings=settings,
+                                     limiter=app.state.rate_limiter)
         log.info("serving %s%s", settings.model, " (random-weight demo model)"
                  if loaded.is_demo else "")
         try:
@@ -120,9 +122,3 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
     if (WEB_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
-
-
-def _base_name(model: str) -> str:
-    """The base model's API name: `demo`, a hub id, or a local directory's name."""
-    path = Path(model)
-    return path.name if path.exists() else model

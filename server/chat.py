@@ -1,10 +1,14 @@
-"""The chat service both front doors share (websocket and OpenAI API): fit a conversation
-into the model's window, stream an answer from the engine, and record it."""
+"""The chat service both front doors share (websocket and OpenAI API): admit a request
+(its size, its sampling parameters, the server's capacity, the caller's rate limit), fit the
+conversation into the model's window, stream an answer from the engine and record it, and
+record picks; with the metrics of each. The routes only translate their protocol."""
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -12,9 +16,13 @@ from sqlalchemy import Engine
 from feedback.db import session_scope
 from feedback.queries import conversations as convs
 from feedback.queries import votes
+from flywheel.generation import chat_ids
+from flywheel.settings import Settings
 from server.adapters import AdapterManager
-from server.engine import Event, Finished, GenerationEngine, Token
+from server.auth import Caller
+from server.engine import Event, Failed, Finished, Token
 from server.errors import APIError
+from server.limits import RateLimiter, check_capacity
 from server.metrics import Metrics
 from server.sampling import SamplingParams
 
@@ -44,12 +52,59 @@ class Answer:
     extra: dict = field(default_factory=dict)
 
 
+# What the engine (or a gateway over engines) offers: `generate(prompt_ids, params,
+# adapter)`, an async stream of Token events ending in Finished or Failed, and `queued`.
+OnText = Callable[[str], Awaitable[bool | None]]
+
+
 class ChatService:
-    def __init__(self, *, db: Engine, engine: GenerationEngine, tokenizer,
-                 adapters: AdapterManager, metrics: Metrics, max_context: int):
+    def __init__(self, *, db: Engine, engine, tokenizer, adapters: AdapterManager,
+                 metrics: Metrics, max_context: int, settings: Settings,
+                 limiter: RateLimiter):
         self.db, self.engine, self.tokenizer = db, engine, tokenizer
         self.adapters, self.metrics, self.max_context = adapters, metrics, max_context
+        self.settings, self.limiter = settings, limiter
         self._overheads: dict[str, int] = {}  # see _overhead
+
+    # -- admission (cheap checks, before anything is tokenized or stored) --------------------
+
+    def check_messages(self, messages: list[dict]) -> None:
+        """Refuse messages too big to take (413) or not valid Unicode (422)."""
+        limit = self.settings.max_message_chars
+        if max(len(m["content"]) for m in messages) > limit:
+            raise APIError(413, f"messages are limited to {limit} characters",
+                           code="message_too_long")
+        total = self.settings.max_conversation_chars
+        if sum(len(m["content"]) for m in messages) > total:
+            raise APIError(413, f"the messages together are limited to {total} characters",
+                           code="conversation_too_long")
+        for i, m in enumerate(messages):
+            try:
+                m["content"].encode()
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800"): JSON can escape it
+                raise APIError(422, f"messages.{i}.content: not valid Unicode (a lone "
+                               "surrogate)", code="invalid_request") from None
+
+    def sampling(self, *, max_tokens: int | None, temperature: float, top_p: float,
+                 stop: list[str] | None, seed: int | None, n: int = 1) -> list[SamplingParams]:
+        """The sampling of each of `n` answers (seeds counting up from `seed`); max_tokens
+        defaults to the settings'. What SamplingParams refuses is a 422."""
+        max_tokens = max_tokens or self.settings.max_new_tokens
+        self.check_max_tokens(max_tokens)
+        try:
+            return [SamplingParams(max_tokens=max_tokens, temperature=temperature,
+                                   top_p=top_p, stop=tuple(stop or ()),
+                                   seed=None if seed is None else seed + i)
+                    for i in range(n)]
+        except ValueError as e:
+            raise APIError(422, str(e), code="invalid_request") from None
+
+    def admit(self, caller: Caller, *, answers: int, endpoint: str) -> None:
+        """Take a request for `answers` answers: 503 while the queue is full, 429 past the
+        caller's rate limit (neither charges anything); counted by endpoint."""
+        check_capacity(self.engine, self.settings.max_queue, cost=answers)
+        self.limiter.check(caller.user_id, address=caller.metered_address, cost=answers)
+        self.metrics.requests.labels(endpoint).inc()
 
     # -- prompts ---------------------------------------------------------------------------
 
@@ -97,8 +152,7 @@ class ChatService:
                            f"{self.max_context} tokens", code="invalid_request")
 
     def _render(self, messages: list[dict], generation: bool = True) -> list[int]:
-        return list(self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=generation, tokenize=True, return_dict=False))
+        return chat_ids(self.tokenizer, messages, add_generation_prompt=generation)
 
     def _tokens(self, message: dict) -> int:
         """A message's tokens in the prompt: its text's and the template's around it."""
@@ -142,6 +196,32 @@ class ChatService:
         finally:
             self.metrics.active_streams.dec()
             self.adapters.release(adapter_version)
+
+    async def answer(self, *, prompt_ids: list[int], prompt_message_id: int,
+                     params: SamplingParams, adapter_version: str | None,
+                     on_text: OnText) -> Answer:
+        """Stream one answer through `on_text` (each new piece of text; returning False
+        stops the answer, keeping what was sent) and record it. A failed generation is a
+        500 `generation_failed`, and nothing is recorded."""
+        started = time.perf_counter()
+        text, finished = "", None
+        async with contextlib.aclosing(self.stream(prompt_ids, params,
+                                                   adapter_version)) as events:
+            async for event in events:
+                if isinstance(event, Token):
+                    text += event.text
+                    if await on_text(event.text) is False:
+                        break  # closing the stream frees the engine's slot
+                elif isinstance(event, Finished):
+                    finished = event
+                elif isinstance(event, Failed):
+                    raise APIError(500, event.error, code="generation_failed")
+        if finished is None:  # stopped: keep what was sent
+            finished = Finished("stop", text, len(prompt_ids), self.count_tokens(text))
+        return await asyncio.to_thread(
+            self.record_answer, prompt_message_id=prompt_message_id, finished=finished,
+            params=params, adapter_version=adapter_version,
+            latency_ms=(time.perf_counter() - started) * 1000)
 
     def _observe(self, finished: Finished, adapter_version: str | None, started: float,
                  first_token_at: float | None) -> None:
@@ -211,6 +291,14 @@ class ChatService:
                 finish_reason=finished.reason, latency_ms=latency_ms)
             return Answer(message.id, finished.text, finished.reason, finished.prompt_tokens,
                           finished.completion_tokens, adapter_version)
+
+    def record_pick(self, *, user_id: int, comparison_id: int, choice: str) -> list[int]:
+        """The user's verdict on a side-by-side turn; returns its candidates, A first."""
+        with session_scope(self.db) as session:
+            candidates = votes.record_choice(session, comparison_id=comparison_id,
+                                             user_id=user_id, choice=choice).candidate_ids
+        self.metrics.votes.labels("comparison").inc()
+        return candidates
 
     def record_comparison(self, *, user_id: int, prompt_message_id: int,
                           candidate_ids: list[int]) -> int:

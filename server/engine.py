@@ -18,6 +18,7 @@ of per-request adapters, which is why this engine exists.
 import asyncio
 import logging
 import queue
+import random
 import threading
 import time
 import uuid
@@ -31,10 +32,10 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import DynamicCache
 
+from flywheel.generation import BASE_ADAPTER, eos_ids, left_padded
 from server.sampling import SamplingParams, TextStream, sample_next_tokens
 
 log = logging.getLogger(__name__)
-BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass
@@ -76,12 +77,18 @@ class GenerationRequest:
 
 @dataclass(eq=False)
 class _Sequence:
-    """Engine-thread state of one admitted request."""
+    """Engine-thread state of one admitted request. Its text is decoded incrementally:
+    `generated[prefix:read]` is the window already turned into `text`, decoded again with
+    the tokens after it to find the new text (a token's text can depend on the one before:
+    a leading space, a multi-byte character split across tokens)."""
 
     request: GenerationRequest
     stream: TextStream
-    generator: torch.Generator | None
+    rng: random.Random  # the request's own uniform draws (seeded, or from the OS)
     generated: list[int] = field(default_factory=list)
+    text: str = ""  # the decode of generated[:read]
+    prefix: int = 0
+    read: int = 0
     done: bool = False
 
 
@@ -92,9 +99,7 @@ class GenerationEngine:
         self.max_batch = max_batch
         self.max_context = max_context
         self.device = next(model.parameters()).device
-        eos = model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
+        self.eos_ids = set(eos_ids(model, tokenizer))
         self.tokens_generated = 0
         self._pending: queue.SimpleQueue[GenerationRequest] = queue.SimpleQueue()
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
@@ -154,15 +159,15 @@ class GenerationEngine:
         with torch.inference_mode():
             while not self._stopping:
                 self._run_calls()
-                self._admit()
-                if not self._active:
-                    self._wake.wait(timeout=0.5)
-                    self._wake.clear()
-                    continue
                 try:
+                    self._admit()
+                    if not self._active:
+                        self._wake.wait(timeout=0.5)
+                        self._wake.clear()
+                        continue
                     self._decode_step()
                 except Exception as e:  # a broken step must not kill the server
-                    log.exception("decode step failed; failing the %d active requests",
+                    log.exception("generation step failed; failing the %d active requests",
                                   len(self._active))
                     for seq in self._active:
                         seq.request.send(Failed(f"generation failed: {e}"))
@@ -181,6 +186,7 @@ class GenerationEngine:
 
     def _reset_batch(self) -> None:
         self._active: list[_Sequence] = []
+        self._temperature = self._top_p = torch.zeros(0, device=self.device)
         self._cache: DynamicCache | None = None
         self._mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
 
@@ -199,7 +205,7 @@ class GenerationEngine:
         if not new:
             return
         try:
-            seqs = [_Sequence(r, TextStream(stop=r.params.stop), self._generator(r.params.seed))
+            seqs = [_Sequence(r, TextStream(stop=r.params.stop), random.Random(r.params.seed))
                     for r in new]
             logits, cache, mask = self._prefill(new)
         except Exception as e:
@@ -208,16 +214,11 @@ class GenerationEngine:
                 request.send(Failed(f"generation failed: {e}"))
             return
         self._join(seqs, cache, mask)
-        self._sample_and_emit(seqs, logits)
+        self._sample_and_emit(seqs, logits, *_sampling_tensors(seqs, self.device))
 
     def _prefill(self, requests: list[GenerationRequest]):
-        length = max(len(r.prompt_ids) for r in requests)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([[pad] * (length - len(r.prompt_ids)) + r.prompt_ids
-                            for r in requests], device=self.device)
-        mask = torch.tensor([[0] * (length - len(r.prompt_ids)) + [1] * len(r.prompt_ids)
-                             for r in requests], device=self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded([r.prompt_ids for r in requests],
+                                           self.tokenizer.pad_token_id or 0, self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=True,
                          **self._adapter_kwargs(requests), logits_to_keep=1)
@@ -235,6 +236,7 @@ class GenerationEngine:
             self._mask = torch.cat([_left_pad(self._mask, length, dim=1),
                                     _left_pad(mask, length, dim=1)])
         self._active.extend(seqs)
+        self._temperature, self._top_p = _sampling_tensors(self._active, self.device)
 
     def _decode_step(self) -> None:
         inputs = torch.tensor([[s.generated[-1]] for s in self._active], device=self.device)
@@ -244,26 +246,49 @@ class GenerationEngine:
                          past_key_values=self._cache, use_cache=True,
                          **self._adapter_kwargs([s.request for s in self._active]))
         self._cache = out.past_key_values
-        self._sample_and_emit(self._active, out.logits[:, -1, :])
+        self._sample_and_emit(self._active, out.logits[:, -1, :], self._temperature,
+                              self._top_p)
 
-    def _sample_and_emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
-        params = [s.request.params for s in seqs]
-        temperature = torch.tensor([p.temperature for p in params], device=logits.device)
-        top_p = torch.tensor([p.top_p for p in params], device=logits.device)
-        tokens = sample_next_tokens(logits, temperature, top_p, [s.generator for s in seqs])
+    def _sample_and_emit(self, seqs: list[_Sequence], logits: torch.Tensor,
+                         temperature: torch.Tensor, top_p: torch.Tensor) -> None:
+        """Sample every row in one call, decode every row's new text in one call, and hand
+        the step's events to the event loops in one call each."""
+        uniform = torch.tensor([s.rng.random() for s in seqs], device=logits.device)
+        tokens = sample_next_tokens(logits, temperature, top_p, uniform).tolist()
         outbox: list[tuple[GenerationRequest, Event]] = []
-        for seq, token in zip(seqs, tokens.tolist(), strict=True):
-            self._emit(seq, token, outbox)
+        growing = []
+        for seq, token in zip(seqs, tokens, strict=True):
+            if token in self.eos_ids:
+                self._finish(seq, "stop", outbox)
+            else:
+                seq.generated.append(token)
+                growing.append(seq)
+        self.tokens_generated += len(growing)
+        for seq, text in zip(growing, self._new_text(growing), strict=True):
+            self._emit(seq, text, outbox)
         _deliver(outbox)
         self._retire()
 
-    def _emit(self, seq: _Sequence, token: int, outbox: list) -> None:
+    def _new_text(self, seqs: list[_Sequence]) -> list[str]:
+        """Each sequence's text once its new tokens are decoded (module doc of _Sequence),
+        all in one batch decode; a sequence whose last tokens end inside a multi-byte
+        character keeps its text until the character is whole."""
+        if not seqs:
+            return []
+        windows = [s.generated[s.prefix:s.read] for s in seqs]
+        windows += [s.generated[s.prefix:] for s in seqs]
+        decoded = self.tokenizer.batch_decode(windows, skip_special_tokens=True)
+        texts = []
+        for seq, before, after in zip(seqs, decoded[:len(seqs)], decoded[len(seqs):],
+                                      strict=True):
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                seq.text += after[len(before):]
+                seq.prefix, seq.read = seq.read, len(seq.generated)
+            texts.append(seq.text)
+        return texts
+
+    def _emit(self, seq: _Sequence, text: str, outbox: list) -> None:
         request = seq.request
-        if token in self.eos_ids:
-            return self._finish(seq, "stop", outbox)
-        seq.generated.append(token)
-        self.tokens_generated += 1
-        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
         delta = seq.stream.update(text)
         if delta:
             outbox.append((request, Token(delta)))
@@ -271,12 +296,15 @@ class GenerationEngine:
             self._finish(seq, "stop", outbox)
         elif (len(seq.generated) >= request.params.max_tokens
               or len(request.prompt_ids) + len(seq.generated) >= self.max_context):
-            self._finish(seq, "length", outbox, text)
+            self._finish(seq, "length", outbox)
 
-    def _finish(self, seq: _Sequence, reason: str, outbox: list,
-                text: str | None = None) -> None:
-        if text is None:
-            text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+    def _finish(self, seq: _Sequence, reason: str, outbox: list) -> None:
+        text = seq.text
+        if seq.read < len(seq.generated):  # tokens held back, e.g. half a character
+            before, after = self.tokenizer.batch_decode(
+                [seq.generated[seq.prefix:seq.read], seq.generated[seq.prefix:]],
+                skip_special_tokens=True)
+            text += after[len(before):]
         tail = seq.stream.finish(text)
         if tail:
             outbox.append((seq.request, Token(tail)))
@@ -293,6 +321,7 @@ class GenerationEngine:
             return self._reset_batch()
         index = torch.tensor(keep, device=self.device)
         self._active = [self._active[i] for i in keep]
+        self._temperature, self._top_p = self._temperature[index], self._top_p[index]
         self._mask = self._mask[index]
         start = int((self._mask.sum(0) > 0).nonzero()[0])
         self._mask = self._mask[:, start:]
@@ -300,13 +329,18 @@ class GenerationEngine:
             layer.keys = layer.keys[index, :, start:]
             layer.values = layer.values[index, :, start:]
 
-    def _generator(self, seed: int | None) -> torch.Generator | None:
-        return None if seed is None else torch.Generator(self.device).manual_seed(seed)
-
     def _adapter_kwargs(self, requests: list[GenerationRequest]) -> dict:
         if not isinstance(self.model, PeftModel):
             return {}
-        return {"adapter_names": [r.adapter or BASE for r in requests]}
+        return {"adapter_names": [r.adapter or BASE_ADAPTER for r in requests]}
+
+
+def _sampling_tensors(seqs: list[_Sequence], device: torch.device
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' temperatures and top_p values, [B] each."""
+    params = [s.request.params for s in seqs]
+    return (torch.tensor([p.temperature for p in params], device=device),
+            torch.tensor([p.top_p for p in params], device=device))
 
 
 def _deliver(outbox: list[tuple[GenerationRequest, Event]]) -> None:
@@ -331,6 +365,3 @@ def _left_pad(t: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-
-

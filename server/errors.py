@@ -48,6 +48,9 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers
 
+    def body(self) -> dict:
+        return error_body(self.status, self.message, self.code)
+
 
 def error_body(status: int, message: str, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": ERROR_TYPES.get(status, "error"),
@@ -59,49 +62,47 @@ def error_response(status: int, message: str, code: str | None = None,
     return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(_: Request, e: APIError):
-        return error_response(e.status, e.message, e.code, e.headers)
-
-    @app.exception_handler(NotFound)
-    async def not_found(_: Request, e: NotFound):
-        return error_response(404, str(e), "not_found")
-
-    @app.exception_handler(InvalidFeedback)
-    async def invalid_feedback(_: Request, e: InvalidFeedback):
-        return error_response(422, str(e), "invalid_feedback")
-
-    @app.exception_handler(RegistryError)
-    async def registry_conflict(_: Request, e: RegistryError):
+def as_api_error(e: BaseException, *, where: str) -> APIError:
+    """Any exception as the error a client gets, the same over HTTP, the websocket and SSE:
+    the request's own faults with what to fix, a busy database as retryable, anything else
+    as an internal error (logged with its traceback; `where` says what failed)."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, NotFound):
+        return APIError(404, str(e), code="not_found")
+    if isinstance(e, RegistryError):
         # An illegal move for the registry's current state (e.g. promoting a rejected
-        # adapter, rolling back with nothing retired): a conflict, not a malformed request.
-        return error_response(409, str(e), "registry_conflict")
-
-    @app.exception_handler(DataError)
-    async def unstorable(_: Request, e: DataError):
-        return error_response(422, UNSTORABLE, "unstorable_value")
-
-    @app.exception_handler(PoolTimeout)
-    @app.exception_handler(OperationalError)
-    async def database_busy(request: Request, e: Exception):
-        log.warning("database busy on %s %s: %s", request.method, request.url.path,
-                    str(e).splitlines()[0])
-        return error_response(503, DATABASE_BUSY_MESSAGE, "database_busy",
-                              DATABASE_RETRY_AFTER)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, e: RequestValidationError):
+        # adapter, rolling back with nothing retired): a conflict, not a malformed request
+        # (checked before InvalidFeedback, which it refines).
+        return APIError(409, str(e), code="registry_conflict")
+    if isinstance(e, InvalidFeedback):
+        return APIError(422, str(e), code="invalid_feedback")
+    if isinstance(e, DataError):
+        return APIError(422, UNSTORABLE, code="unstorable_value")
+    if isinstance(e, DATABASE_BUSY):
+        log.warning("database busy on %s: %s", where, str(e).splitlines()[0])
+        return APIError(503, DATABASE_BUSY_MESSAGE, code="database_busy",
+                        headers=DATABASE_RETRY_AFTER)
+    if isinstance(e, RequestValidationError):
         first = e.errors()[0] if e.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request"
-        return error_response(422, message, "invalid_request")
+        path = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return APIError(422, f"{path}: {first.get('msg', 'invalid')}" if path
+                        else "invalid request", code="invalid_request")
+    if isinstance(e, StarletteHTTPException):
+        return APIError(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
+    log.error("unhandled error on %s", where, exc_info=e)
+    return APIError(500, "internal server error", code="internal_error")
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, e: StarletteHTTPException):
-        return error_response(e.status_code, str(e.detail), None, getattr(e, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, e: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error", "internal_error")
+# Every exception class with a handler of its own (Starlette picks the most specific).
+HANDLED = (APIError, NotFound, InvalidFeedback, RegistryError, DataError, *DATABASE_BUSY,
+           RequestValidationError, StarletteHTTPException, Exception)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handle(request: Request, e: Exception) -> JSONResponse:
+        error = as_api_error(e, where=f"{request.method} {request.url.path}")
+        return error_response(error.status, error.message, error.code, error.headers)
+
+    for kind in HANDLED:
+        app.add_exception_handler(kind, handle)

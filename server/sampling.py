@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flywheel.generation import sample_logits
+
 # As OpenAI: up to 4 stop strings; each short (the stream holds back what may begin one).
 MAX_STOPS, MAX_STOP_CHARS = 4, 100
 
@@ -49,36 +51,22 @@ def top_p_filter(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 
 def sample_next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                       generators: list[torch.Generator | None]) -> torch.Tensor:
-    """One token per row: greedy where temperature is 0, else nucleus sampling.
+                       uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row, all rows at once: greedy where temperature is 0, else nucleus
+    sampling by inverse CDF at the row's uniform draw.
 
-    logits: [B, V] (last position); temperature, top_p: [B]; generators: B seeded
-    generators (or None for the global RNG). Returns [B] token ids.
-
-    Sampling inverts each row's CDF at one uniform draw, so a seeded row costs one
-    random number, not a vocabulary's worth (`torch.multinomial` and noise-based tricks
-    draw per token, which dominates a step for small models with large vocabularies).
+    logits: [B, V] (last position); temperature, top_p, uniform: [B] (uniform in [0, 1),
+    one draw per row from the row's own random stream). Returns [B] token ids.
     """
-    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
     greedy = temperature == 0
-    if bool(greedy.any()):
-        out[greedy] = logits[greedy].argmax(dim=-1)
-    rows = (~greedy).nonzero().flatten()
-    if rows.numel() == 0:
-        return out
-    scaled = logits[rows].float() / temperature[rows].unsqueeze(-1)
-    if bool((top_p[rows] < 1).any()):
-        scaled = top_p_filter(scaled, top_p[rows])
-    cdf = scaled.softmax(dim=-1).cumsum(dim=-1)  # [R, V]
-    uniform = torch.rand(len(rows), device=logits.device)
-    for i, row in enumerate(rows.tolist()):
-        if generators[row] is not None:
-            uniform[i] = torch.rand((), generator=generators[row], device=logits.device)
-    # right=True: the first token whose CDF exceeds the draw, never a zero-probability one.
-    target = (uniform * cdf[:, -1]).unsqueeze(-1)
-    picks = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    out[rows] = picks.clamp(max=logits.shape[-1] - 1)
-    return out
+    any_greedy = bool(greedy.any())
+    scaled = logits.float()
+    if any_greedy or bool((temperature != 1).any()):
+        scaled = scaled / temperature.masked_fill(greedy, 1.0).unsqueeze(-1)
+    if bool((top_p < 1).any()):
+        scaled = top_p_filter(scaled, top_p)
+    tokens = sample_logits(scaled, uniform)
+    return torch.where(greedy, logits.argmax(dim=-1), tokens) if any_greedy else tokens
 
 
 @dataclass

@@ -17,13 +17,13 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from feedback.stats import paired_mean_ci, win_rate
+from flywheel.generation import BASE_ADAPTER, chat_ids, eos_ids, left_padded, until_eos
 from flywheel.judge.evaluation import judge_win_rate
 from flywheel.judge.rubric import conversation_text
 from trainer.rlhf.ppo_math import logprobs_from_logits
 from trainer.sampling import sampling_kwargs
 
 Messages = list[dict[str, str]]
-BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass
@@ -56,7 +56,7 @@ def evaluate_candidate(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, re
     # The same draws for both sides (common random numbers: a paired comparison's noise
     # shrinks), from a generator of the evaluation's own.
     cand = _answers(policy, tokenizer, prompts, candidate, config, seed=config.seed)
-    base = _answers(policy, tokenizer, prompts, baseline or BASE, config, seed=config.seed)
+    base = _answers(policy, tokenizer, prompts, baseline or BASE_ADAPTER, config, seed=config.seed)
     cand_text = [a["text"] for a in cand]
     base_text = [a["text"] for a in base]
     cand_reward = reward_model.score(prompts, cand_text).tolist()
@@ -131,24 +131,18 @@ def _answers(policy, tokenizer, prompts, adapter: str, config: EvalConfig, *,
              seed: int) -> list[dict]:
     """Sampled answers from one adapter: [{"ids": prompt+answer ids, "prompt_len", "text"}]."""
     out = []
-    eos = tokenizer.eos_token_id
-    sampling = sampling_kwargs(config.temperature, seed=seed,
-                               device=next(policy.parameters()).device)
+    device = next(policy.parameters()).device
+    eos = eos_ids(policy, tokenizer)
+    sampling = sampling_kwargs(config.temperature, seed=seed, device=device)
     for start in range(0, len(prompts), config.batch_size):
-        chunk = prompts[start:start + config.batch_size]
-        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-                 for p in chunk]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(next(policy.parameters()).device)
+        rows = [chat_ids(tokenizer, p) for p in prompts[start:start + config.batch_size]]
+        ids, attention, _ = left_padded(rows, tokenizer.pad_token_id, device)
         generated = policy.generate(
-            **batch, adapter_names=[adapter] * len(chunk), **sampling,
-            max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-        width = batch["input_ids"].shape[1]
-        for row, mask in zip(generated, batch["attention_mask"], strict=True):
-            answer = row[width:].tolist()
-            if eos in answer:
-                answer = answer[: answer.index(eos)]
-            prompt = row[:width][mask.bool()].tolist()
+            input_ids=ids, attention_mask=attention, adapter_names=[adapter] * len(rows),
+            **sampling, max_new_tokens=config.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id)
+        for prompt, row in zip(rows, generated[:, ids.shape[1]:].tolist(), strict=True):
+            answer = until_eos(row, eos)
             out.append({"ids": answer, "prompt_ids": prompt,
                         "text": tokenizer.decode(answer, skip_special_tokens=True)})
     return out
@@ -166,7 +160,7 @@ def _kl_to_base(policy, answers: list[dict], adapter: str) -> float:
         start = len(a["prompt_ids"])
         targets = ids[:, start:]
         on = policy(input_ids=ids, adapter_names=[adapter]).logits[:, start - 1:-1]
-        off = policy(input_ids=ids, adapter_names=[BASE]).logits[:, start - 1:-1]
+        off = policy(input_ids=ids, adapter_names=[BASE_ADAPTER]).logits[:, start - 1:-1]
         total += (logprobs_from_logits(on, targets) - logprobs_from_logits(off, targets)
                   ).sum().item()
     return total / len(answers)

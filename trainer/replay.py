@@ -28,10 +28,10 @@ from feedback.replay import replay_log
 from feedback.stats import paired_mean_ci
 from flywheel.adapter_store import AdapterStore
 from flywheel.errors import FlywheelError
+from flywheel.generation import chat_ids, eos_ids, left_padded, until_eos
 from flywheel.model_loading import load_model
 from flywheel.settings import Settings
 from trainer.reward import RewardModel, current_reward_model
-from trainer.rollout import encode_prompt
 from trainer.sampling import sampling_kwargs
 
 Messages = list[dict[str, str]]
@@ -125,23 +125,17 @@ def _generate(policy, tokenizer, prompts: list[Messages], config: ReplayConfig,
     policy.eval()
     device, pad = next(policy.parameters()).device, tokenizer.pad_token_id
     sampling = sampling_kwargs(config.temperature, seed=config.seed, device=device)
-    eos = policy.generation_config.eos_token_id
-    stops = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    eos = eos_ids(policy, tokenizer)
     texts = []
     for start in range(0, len(prompts), config.batch_size):
-        rows = [encode_prompt(tokenizer, p, config.max_prompt_tokens)
+        rows = [chat_ids(tokenizer, p, max_tokens=config.max_prompt_tokens)
                 for p in prompts[start:start + config.batch_size]]
-        width = max(map(len, rows))
-        inputs = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows],
-                                 device=device)
+        inputs, attention, _ = left_padded(rows, pad, device)
         generated = policy.generate(
             input_ids=inputs, attention_mask=attention, **sampling,
-            max_new_tokens=config.max_new_tokens,
-            pad_token_id=pad)
-        for row in generated[:, width:].tolist():
-            cut = next((i for i, token in enumerate(row) if token in stops), len(row))
-            texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+            max_new_tokens=config.max_new_tokens, pad_token_id=pad)
+        for row in generated[:, inputs.shape[1]:].tolist():
+            texts.append(tokenizer.decode(until_eos(row, eos), skip_special_tokens=True))
         if on_progress:
             on_progress(len(texts), len(prompts))
     return texts

@@ -17,6 +17,8 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from flywheel import generation
+from flywheel.generation import chat_ids, inverse_cdf, left_padded
 from trainer.rlhf.ppo_math import logprobs_from_logits
 
 Messages = list[dict[str, str]]
@@ -71,7 +73,7 @@ def prompt_batches(count: int, batch_size: int, generator: torch.Generator
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages, max_tokens: int
                   ) -> list[int]:
     """The chat-formatted prompt, ready for the answer; truncated from the left."""
-    return _chat_ids(tokenizer, messages, add_generation_prompt=True)[-max_tokens:]
+    return chat_ids(tokenizer, messages, max_tokens=max_tokens)
 
 
 def encode_exchange(tokenizer: PreTrainedTokenizerBase, messages: Messages, answer: str,
@@ -80,21 +82,15 @@ def encode_exchange(tokenizer: PreTrainedTokenizerBase, messages: Messages, answ
     the prompt, through the first EOS (what the model should learn to end with; the template's
     text after it, a newline say, is never sampled). Where the template renders the prompt
     differently alone, the answer starts where the two renderings part (as TRL does)."""
-    prompt = _chat_ids(tokenizer, messages, add_generation_prompt=True)
-    full = _chat_ids(tokenizer, messages + [{"role": "assistant", "content": answer}])
+    prompt = chat_ids(tokenizer, messages)
+    full = chat_ids(tokenizer, messages + [{"role": "assistant", "content": answer}],
+                    add_generation_prompt=False)
     start = 0
     while start < min(len(prompt), len(full)) and prompt[start] == full[start]:
         start += 1
     answer_ids, ends = full[start:], set(eos.tolist())
     end = next((i + 1 for i, token in enumerate(answer_ids) if token in ends), len(answer_ids))
     return full[:start], answer_ids[:end]
-
-
-def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages, *,
-              add_generation_prompt: bool = False) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                         tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def fit(prompt: list[int], answers: list[list[int]], max_length: int
@@ -109,11 +105,8 @@ def fit(prompt: list[int], answers: list[list[int]], max_length: int
 
 
 def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Tensor:
-    """Every token that ends an answer: the generation config's EOS ids and the tokenizer's."""
-    configured = model.generation_config.eos_token_id
-    ids = set(configured if isinstance(configured, list) else [configured])
-    ids |= {tokenizer.eos_token_id}
-    return torch.tensor(sorted(i for i in ids if i is not None), device=model.device)
+    """Every token that ends an answer (flywheel.generation.eos_ids), as a tensor."""
+    return torch.tensor(generation.eos_ids(model, tokenizer), device=model.device)
 
 
 def make_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: int,
@@ -170,10 +163,7 @@ def sample(model: nn.Module, prompts: list[list[int]], *, eos: Tensor, pad_id: i
     large vocabulary, and the process-wide RNG is never touched)."""
     device = next(model.parameters()).device
     width = max(map(len, prompts))
-    inputs = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
-                             device=device)
-    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    inputs, attention, positions = left_padded(prompts, pad_id, device)
     prompt_tokens, past = inputs, None
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     tokens, logprobs, entropies, values = [], [], [], []
@@ -213,8 +203,7 @@ def draw(logits: Tensor, temperature: float, generator: torch.Generator | None =
     weights = shifted.exp()
     total = weights.sum(-1)
     cdf = weights.cumsum(-1)
-    u = torch.rand(len(logits), 1, device=logits.device, generator=generator) * cdf[:, -1:]
-    token = torch.searchsorted(cdf, u, side="right").squeeze(1).clamp(max=logits.shape[1] - 1)
+    token = inverse_cdf(cdf, torch.rand(len(logits), device=logits.device, generator=generator))
     log_total = total.log()
     logprob = shifted.gather(1, token[:, None]).squeeze(1) - log_total
     entropy = log_total - (weights * shifted).sum(-1) / total

@@ -3,34 +3,19 @@
 import asyncio
 import contextlib
 import json
-import logging
 import random
-import time
 from dataclasses import replace
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
-from sqlalchemy.exc import DataError
 
-from feedback.db import session_scope
-from feedback.errors import InvalidFeedback, NotFound
-from feedback.queries import votes
 from server import auth
-from server.chat import ChatService
-from server.engine import Failed, Finished, Token
-from server.errors import (
-    DATABASE_BUSY,
-    DATABASE_BUSY_MESSAGE,
-    UNSTORABLE,
-    APIError,
-    error_body,
-)
-from server.limits import check_capacity
-from server.sampling import MAX_STOP_CHARS, MAX_STOPS, SamplingParams
+from server.chat import Answer, ChatService
+from server.errors import APIError, as_api_error, error_body
+from server.sampling import MAX_STOP_CHARS, MAX_STOPS
 from server.store import RowId
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
 
 
@@ -140,8 +125,8 @@ class _ChatSession:
     """One connection's state: the turn in flight and the battles it showed."""
 
     def __init__(self, websocket: WebSocket, chat: ChatService, caller: auth.Caller):
-        self.ws, self.chat, self.user_id = websocket, chat, caller.user_id
-        self.address = caller.metered_address  # charged with the user's answers
+        self.ws, self.chat, self.caller = websocket, chat, caller
+        self.user_id = caller.user_id
         self.turn: asyncio.Task | None = None
         self.stopping = False  # the user asked to stop the turn in flight
         self.battles: dict[int, dict] = {}  # comparison id -> {label: (message id, version)}
@@ -164,39 +149,23 @@ class _ChatSession:
     async def error(self, status: int, message: str, code: str | None) -> None:
         await self.ws.send_json({"type": "error", **error_body(status, message, code)})
 
+    async def fail(self, e: Exception, where: str) -> None:
+        """Any exception as an error frame (never leave the client waiting)."""
+        error = as_api_error(e, where=where)
+        with contextlib.suppress(Exception):  # the socket may be gone too
+            await self.error(error.status, error.message, error.code)
+
     async def run_turn(self, turn: UserTurn) -> None:
         try:
             await self._run_turn(turn)
-        except APIError as e:
-            await self.error(e.status, e.message, e.code)
-        except NotFound as e:
-            await self.error(404, str(e), "not_found")
-        except InvalidFeedback as e:
-            await self.error(422, str(e), "invalid_feedback")
-        except DataError:
-            await self.error(422, UNSTORABLE, "unstorable_value")
-        except DATABASE_BUSY:
-            await self.error(503, DATABASE_BUSY_MESSAGE, "database_busy")
-        except Exception:  # never leave the client waiting for a turn that died
-            log.exception("websocket turn failed")
-            with contextlib.suppress(Exception):  # the socket may be gone too
-                await self.error(500, "internal server error", "internal_error")
+        except Exception as e:
+            await self.fail(e, "websocket turn")
 
     async def _run_turn(self, turn: UserTurn) -> None:
-        state = self.ws.app.state
-        settings = state.settings
-        if len(turn.content) > settings.max_message_chars:
-            raise APIError(413, f"messages are limited to {settings.max_message_chars} "
-                           "characters", code="message_too_long")
-        adapter = state.adapters.resolve(turn.model)
-        try:
-            answers = self._plan(turn, adapter)
-        except ValueError as e:  # sampling parameters SamplingParams refuses
-            raise APIError(422, str(e), code="invalid_request") from None
-        self.chat.check_max_tokens(answers[0][2].max_tokens)
-        check_capacity(self.chat.engine, settings.max_queue, cost=len(answers))
-        state.rate_limiter.check(self.user_id, address=self.address)
-        state.metrics.requests.labels("websocket").inc()
+        self.chat.check_messages([{"role": "user", "content": turn.content}])
+        adapter = self.ws.app.state.adapters.resolve(turn.model)
+        answers = self._plan(turn, adapter)
+        self.chat.admit(self.caller, answers=len(answers), endpoint="websocket")
         conversation_id, message_id, prompt_ids = await asyncio.to_thread(
             self.chat.record_user_turn, user_id=self.user_id, content=turn.content,
             conversation_id=turn.conversation_id, parent_id=turn.parent_id, source="chat",
@@ -223,9 +192,8 @@ class _ChatSession:
         pick — live vs a candidate while one is under evaluation, else two samples."""
         settings = self.ws.app.state.settings
         p = turn.params
-        params = SamplingParams(max_tokens=p.max_tokens or settings.max_new_tokens,
-                                temperature=p.temperature, top_p=p.top_p,
-                                stop=tuple(p.stop), seed=p.seed)
+        [params] = self.chat.sampling(max_tokens=p.max_tokens, temperature=p.temperature,
+                                      top_p=p.top_p, stop=p.stop, seed=p.seed)
         candidates = self.ws.app.state.adapters.candidates
         wanted = turn.side_by_side
         if wanted is None:
@@ -242,29 +210,19 @@ class _ChatSession:
         random.shuffle(pair)
         return [("a", *pair[0]), ("b", *pair[1])]
 
-    async def _answer(self, label, version, params, prompt_ids, prompt_message_id,
-                      anonymous):
-        started = time.perf_counter()
-        text, finished = "", None
-        async with contextlib.aclosing(self.chat.stream(prompt_ids, params, version)) as events:
-            async for event in events:
-                if isinstance(event, Token):
-                    text += event.text
-                    await self.ws.send_json({"type": "token", "answer": label,
-                                             "text": event.text})
-                    if self.stopping:
-                        break  # closing the stream frees the engine's slot
-                elif isinstance(event, Finished):
-                    finished = event
-                elif isinstance(event, Failed):
-                    await self.error(500, event.error, "generation_failed")
-                    return None
-        if finished is None:  # stopped by the user: keep what they saw
-            finished = Finished("stop", text, len(prompt_ids), self.chat.count_tokens(text))
-        answer = await asyncio.to_thread(
-            self.chat.record_answer, prompt_message_id=prompt_message_id, finished=finished,
-            params=params, adapter_version=version,
-            latency_ms=(time.perf_counter() - started) * 1000)
+    async def _answer(self, label, version, params, prompt_ids,
+                      prompt_message_id, anonymous) -> Answer | None:
+        async def on_text(text: str) -> bool:
+            await self.ws.send_json({"type": "token", "answer": label, "text": text})
+            return not self.stopping
+
+        try:
+            answer = await self.chat.answer(
+                prompt_ids=prompt_ids, prompt_message_id=prompt_message_id, params=params,
+                adapter_version=version, on_text=on_text)
+        except APIError as e:  # this answer failed; the other of a pair goes on
+            await self.error(e.status, e.message, e.code)
+            return None
         await self.ws.send_json({
             "type": "end", "answer": label, "message_id": answer.message_id,
             "adapter_version": None if anonymous else answer.adapter_version,
@@ -275,23 +233,17 @@ class _ChatSession:
 
     async def pick(self, pick: Pick) -> None:
         try:
-            candidates = await asyncio.to_thread(self._record_pick, pick)
-        except (NotFound, InvalidFeedback) as e:
-            status = 404 if isinstance(e, NotFound) else 422
-            return await self.error(status, str(e), None)
-        except DATABASE_BUSY:
-            return await self.error(503, DATABASE_BUSY_MESSAGE, "database_busy")
+            candidates = await asyncio.to_thread(
+                self.chat.record_pick, user_id=self.user_id,
+                comparison_id=pick.comparison_id, choice=pick.choice)
+        except Exception as e:
+            return await self.fail(e, "websocket pick")
         winner = candidates[1] if pick.choice == "b" else candidates[0]
         battle = self.battles.get(pick.comparison_id, {})
         await self.ws.send_json({
             "type": "picked", "comparison_id": pick.comparison_id, "choice": pick.choice,
             "continue_from": winner,
             "models": {label: version or "base" for label, (_, version) in battle.items()}})
-
-    def _record_pick(self, pick: Pick) -> list[int]:
-        with session_scope(self.ws.app.state.db) as db_session:
-            return votes.record_choice(db_session, comparison_id=pick.comparison_id,
-                                       user_id=self.user_id, choice=pick.choice).candidate_ids
 
 
 def _frame_error(e: Exception) -> str:

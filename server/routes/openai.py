@@ -14,19 +14,17 @@ import asyncio
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from flywheel.settings import Settings
 from server.auth import CallerDep, ensure_session
 from server.chat import Answer, ChatService
-from server.deps import Adapters, Chat, Limiter, MetricsDep, SettingsDep
-from server.engine import Failed, Finished, Token
-from server.errors import APIError
-from server.limits import check_capacity
+from server.deps import Adapters, Chat
+from server.errors import APIError, as_api_error
 from server.sampling import MAX_STOP_CHARS, MAX_STOPS, SamplingParams
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -88,15 +86,17 @@ def list_models(adapters: Adapters, _: CallerDep) -> dict:
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, caller: CallerDep, chat: Chat,
-                           adapters: Adapters, settings: SettingsDep, limiter: Limiter,
-                           metrics: MetricsDep, request: Request, response: Response):
-    messages = _conversation(body, settings)
+                           adapters: Adapters, request: Request, response: Response):
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    if messages[-1]["role"] != "user":
+        raise APIError(422, "the last message must be the user's", code="invalid_messages")
+    chat.check_messages(messages)
     adapter = adapters.resolve(body.model)
-    params = _sampling(body, settings, chat)
-    check_capacity(chat.engine, settings.max_queue, cost=body.n)
-    limiter.check(caller.user_id, address=caller.metered_address, cost=body.n)
+    params = chat.sampling(max_tokens=body.max_completion_tokens or body.max_tokens,
+                           temperature=body.temperature, top_p=body.top_p, stop=body.stop,
+                           seed=body.seed, n=body.n)
+    chat.admit(caller, answers=body.n, endpoint="openai")
     prompt_ids = await asyncio.to_thread(chat.prompt_ids, messages, params[0].max_tokens)
-    metrics.requests.labels("openai").inc()
     user = await ensure_session(caller, request, response)  # its first write
     prompt_message_id = await asyncio.to_thread(chat.record_messages, user_id=user.id,
                                                 messages=messages, source="api")
@@ -105,44 +105,12 @@ async def chat_completions(body: ChatCompletionRequest, caller: CallerDep, chat:
         usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(completion.sse(params, usage), media_type="text/event-stream",
                                  headers=response.headers)  # a new session's cookie
-    answers = await asyncio.gather(*[completion.run(i, p) for i, p in enumerate(params)])
+    answers = await asyncio.gather(*[completion.run(p) for p in params])
     return completion.response(answers)
 
 
-def _conversation(body: ChatCompletionRequest, settings: Settings) -> list[dict]:
-    """The messages as the chat template takes them, refused when they cannot be answered
-    or are too big (cheap checks, before anything is tokenized)."""
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    if messages[-1]["role"] != "user":
-        raise APIError(422, "the last message must be the user's", code="invalid_messages")
-    if max(len(m["content"]) for m in messages) > settings.max_message_chars:
-        raise APIError(413, f"messages are limited to {settings.max_message_chars} characters",
-                       code="message_too_long")
-    if sum(len(m["content"]) for m in messages) > settings.max_conversation_chars:
-        raise APIError(413, f"the messages together are limited to "
-                       f"{settings.max_conversation_chars} characters",
-                       code="conversation_too_long")
-    for i, m in enumerate(messages):
-        try:
-            m["content"].encode()
-        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): JSON can escape it
-            raise APIError(422, f"messages.{i}.content: not valid Unicode (a lone "
-                           "surrogate)", code="invalid_request") from None
-    return messages
-
-
-def _sampling(body: ChatCompletionRequest, settings: Settings,
-              chat: ChatService) -> list[SamplingParams]:
-    """One answer's sampling for each of the `n` asked for (seeds counting up)."""
-    max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
-    chat.check_max_tokens(max_tokens)
-    try:
-        return [SamplingParams(max_tokens=max_tokens, temperature=body.temperature,
-                               top_p=body.top_p, stop=tuple(body.stop or ()),
-                               seed=None if body.seed is None else body.seed + i)
-                for i in range(body.n)]
-    except ValueError as e:
-        raise APIError(422, str(e), code="invalid_request") from None
+async def _ignore(_: str) -> None:
+    """A non-streamed answer's text arrives all at once, at its end."""
 
 
 class _Completion:
@@ -155,19 +123,10 @@ class _Completion:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
-    async def run(self, index: int, params: SamplingParams, on_token=None) -> Answer:
-        started = time.perf_counter()
-        async for event in self.chat.stream(self.prompt_ids, params, self.adapter):
-            if isinstance(event, Token) and on_token is not None:
-                await on_token(index, event.text)
-            elif isinstance(event, Failed):
-                raise APIError(500, event.error, code="generation_failed")
-            elif isinstance(event, Finished):
-                return await asyncio.to_thread(
-                    self.chat.record_answer, prompt_message_id=self.prompt_message_id,
-                    finished=event, params=params, adapter_version=self.adapter,
-                    latency_ms=(time.perf_counter() - started) * 1000)
-        raise APIError(500, "generation ended without an answer", code="generation_failed")
+    async def run(self, params: SamplingParams, on_text=_ignore) -> Answer:
+        return await self.chat.answer(prompt_ids=self.prompt_ids,
+                                      prompt_message_id=self.prompt_message_id, params=params,
+                                      adapter_version=self.adapter, on_text=on_text)
 
     def response(self, answers: list[Answer]) -> dict:
         return {
@@ -186,43 +145,60 @@ class _Completion:
 
     async def sse(self, params: list[SamplingParams], include_usage: bool):
         """Role delta, content deltas, a chunk with finish_reason per choice, the usage
-        chunk when asked for, then `data: [DONE]` — OpenAI's stream, byte for byte."""
+        chunk when asked for, then `data: [DONE]` — OpenAI's stream, byte for byte. Chunks
+        that are ready together go out in one write. A failed answer ends the stream with
+        an error event in the one error shape (and no [DONE])."""
         extra = {"usage": None} if include_usage else {}
-        queue: asyncio.Queue[str] = asyncio.Queue()
+        chunks: asyncio.Queue[str | _End] = asyncio.Queue()
         for i in range(len(params)):
             yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                                "logprobs": None, "finish_reason": None}], **extra)
 
-        async def on_token(index: int, text: str) -> None:
-            await queue.put(self.chunk([{"index": index, "delta": {"content": text},
-                                         "logprobs": None, "finish_reason": None}], **extra))
-
-        async def answer(index: int, p: SamplingParams) -> Answer:
-            a = await self.run(index, p, on_token)
-            await queue.put(self.chunk([{"index": index, "delta": {}, "logprobs": None,
-                                         "finish_reason": a.finish_reason,
-                                         "message_id": a.message_id}], **extra))
-            return a
-
-        tasks = asyncio.gather(*[answer(i, p) for i, p in enumerate(params)])
-        try:
-            while not (tasks.done() and queue.empty()):
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, tasks}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
+        async def answer(index: int, p: SamplingParams) -> None:
+            async def on_text(text: str) -> None:
+                chunks.put_nowait(self.chunk([{"index": index, "delta": {"content": text},
+                                               "logprobs": None, "finish_reason": None}],
+                                             **extra))
             try:
-                answers = tasks.result()
-            except APIError as e:
-                yield f"data: {json.dumps({'error': {'message': e.message, 'code': e.code}})}\n\n"
+                a = await self.run(p, on_text)
+            except Exception as e:  # every failure becomes the error event
+                chunks.put_nowait(_End(error=as_api_error(e, where="streamed answer")))
                 return
+            chunks.put_nowait(self.chunk([{"index": index, "delta": {}, "logprobs": None,
+                                           "finish_reason": a.finish_reason,
+                                           "message_id": a.message_id}], **extra))
+            chunks.put_nowait(_End(answer=a))
+
+        tasks = [asyncio.create_task(answer(i, p)) for i, p in enumerate(params)]
+        answers: list[Answer] = []
+        try:
+            while len(answers) < len(params):
+                ready = [await chunks.get()]
+                while not chunks.empty():
+                    ready.append(chunks.get_nowait())
+                text = [item for item in ready if isinstance(item, str)]
+                ends = [item for item in ready if isinstance(item, _End)]
+                if text:
+                    yield "".join(text)
+                for end in ends:
+                    if end.error is not None:
+                        yield f"data: {json.dumps(end.error.body())}\n\n"
+                        return
+                    answers.append(end.answer)
             if include_usage:
                 yield self.chunk([], usage=_usage(answers))
             yield "data: [DONE]\n\n"
         finally:
-            tasks.cancel()  # the client went away: free the engine's slots
+            for task in tasks:
+                task.cancel()  # the client went away: free the engine's slots
+
+
+@dataclass
+class _End:
+    """An answer's end in the stream of chunks: the answer, or why it failed."""
+
+    answer: Answer | None = None
+    error: APIError | None = None
 
 
 def _usage(answers: list[Answer]) -> dict:

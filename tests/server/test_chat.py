@@ -29,7 +29,7 @@ def _chat(template: str | None = None, window: int = 512) -> ChatService:
     if template is not None:
         tokenizer.chat_template = template
     return ChatService(db=None, engine=None, tokenizer=tokenizer, adapters=None,
-                       metrics=None, max_context=window)
+                       metrics=None, max_context=window, settings=None, limiter=None)
 
 
 def _fit_by_rerendering(tokenizer, messages: list[dict], max_tokens: int,
@@ -91,6 +91,9 @@ class _Counting:
     def encode(self, text, **kwargs):
         self.encoded += len(text)
         return self.tokenizer.encode(text, **kwargs)
+
+    def __call__(self, text, **kwargs):  # the rendered template's text, counted above
+        return self.tokenizer(text, **kwargs)
 
 
 @pytest.mark.parametrize("template", [None, CHATML, LLAMA3], ids=["demo", "chatml", "llama3"])

@@ -165,7 +165,9 @@ def test_unknown_and_foreign_ids_are_not_found(app, client, ws) -> None:
     for comparison_id in (10**9, theirs.done["comparison_id"]):
         ws.send_json({"type": "pick", "comparison_id": comparison_id, "choice": "a"})
         frame = ws.receive_json()
-        assert frame["type"] == "error" and frame["error"]["type"] == "not_found_error"
+        assert frame["type"] == "error"
+        assert frame["error"]["type"] == "not_found_error"
+        assert frame["error"]["code"] == "not_found"
     with db_session(app) as session:  # their comparison is untouched
         assert session.get(Comparison, theirs.done["comparison_id"]).choice is None
 
@@ -201,8 +203,11 @@ def test_side_by_side_two_anonymous_answers_then_the_pick_continues(app, ws) -> 
         assert session.get(Message, b["message_id"]).content == turn.text("b")
         assert session.get(Message, a["message_id"]).seed in (5, 6)
 
+    votes = app.state.metrics.votes.labels("comparison")
+    counted = votes._value.get()
     ws.send_json({"type": "pick", "comparison_id": comparison_id, "choice": "b"})
     picked = ws.receive_json()
+    assert votes._value.get() == counted + 1  # as the REST verdict counts
     assert picked == {"type": "picked", "comparison_id": comparison_id, "choice": "b",
                       "continue_from": b["message_id"], "models": {"a": "base", "b": "base"}}
 

@@ -10,6 +10,7 @@ import pytest
 from sqlmodel import func, select
 
 from feedback.models import Conversation, Message
+from server.engine import Failed, Token
 from server.sampling import MAX_STOP_CHARS
 from tests.server.support import add_user, assert_error, bearer, db_session, greedy_references
 
@@ -135,6 +136,25 @@ def test_include_usage_adds_a_null_usage_to_every_chunk_and_a_usage_chunk(http) 
     assert all(c["usage"] is None for c in chunks[:-1])
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_a_generation_failing_mid_stream_ends_with_the_one_error_shape(app, http,
+                                                                      monkeypatch) -> None:
+    async def failing(prompt_ids, params, adapter=None):
+        yield Token("half an")
+        yield Failed("generation failed: the device fell over")
+
+    monkeypatch.setattr(app.state.chat.engine, "generate", failing)
+    body = {"model": "demo", "messages": MESSAGES, "max_tokens": 8, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        events = _sse_events(response.read())
+
+    assert json.loads(events[1])["choices"][0]["delta"] == {"content": "half an"}
+    assert json.loads(events[-1]) == {"error": {
+        "message": "generation failed: the device fell over", "type": "server_error",
+        "code": "generation_failed"}}
+    assert "[DONE]" not in events
 
 
 def test_n_answers_stream_side_by_side_and_can_be_ranked(sdk, http, app) -> None:

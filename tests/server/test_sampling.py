@@ -72,42 +72,48 @@ def test_top_p_leaves_kept_logits_unchanged_and_never_empties_a_row() -> None:
 # -- sample_next_tokens ---------------------------------------------------------------------
 
 
-def test_temperature_zero_is_greedy_whatever_the_generator() -> None:
+def test_temperature_zero_is_greedy_whatever_the_draw() -> None:
     logits = torch.tensor([[0.1, 2.0, 1.9], [5.0, 4.0, 4.5]])
-    generators = [torch.Generator().manual_seed(s) for s in (1, 2)]
 
-    tokens = sample_next_tokens(logits, torch.zeros(2), torch.ones(2), generators)
-
-    assert tokens.tolist() == [1, 0]
+    for uniform in (torch.zeros(2), torch.full((2,), 0.999)):
+        tokens = sample_next_tokens(logits, torch.zeros(2), torch.ones(2), uniform)
+        assert tokens.tolist() == [1, 0]
 
 
 def test_greedy_and_sampled_rows_mix_in_one_batch() -> None:
     # Row 1 samples, but its nucleus holds only token 2: the sample is certain.
     logits = torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 6.0]])
     tokens = sample_next_tokens(logits, torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.5]),
-                                [None, None])
+                                torch.tensor([0.5, 0.01]))
     assert tokens.tolist() == [1, 2]
 
 
-def test_a_seeded_generator_reproduces_its_samples() -> None:
-    logits = torch.randn(6, 50)
+def test_each_row_inverts_its_own_cdf_at_its_own_draw() -> None:
+    # p = (0.1, 0.2, 0.3, 0.4): the CDF is 0.1, 0.3, 0.6, 1.0. A draw picks the first token
+    # whose CDF exceeds it.
+    logits = _logits(0.1, 0.2, 0.3, 0.4).repeat(6, 1)
+    uniform = torch.tensor([0.0, 0.09, 0.1, 0.35, 0.6, 0.999])
 
-    def draw(seed: int) -> list[int]:
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(6)]
-        return sample_next_tokens(logits, torch.ones(6), torch.ones(6), generators).tolist()
+    tokens = sample_next_tokens(logits, torch.ones(6), torch.ones(6), uniform)
 
-    assert draw(7) == draw(7)
-    assert draw(7) != draw(8)
+    assert tokens.tolist() == [0, 0, 1, 2, 3, 3]
+
+
+def test_temperature_scales_each_row_on_its_own() -> None:
+    # softmax([0, log 3] / T): T=1 gives (0.25, 0.75), T=0.5 gives (0.1, 0.9). A draw of
+    # 0.2 lands on token 0 at T=1 and on token 1 at T=0.5.
+    logits = _logits(1.0, 3.0).repeat(2, 1)
+    tokens = sample_next_tokens(logits, torch.tensor([1.0, 0.5]), torch.ones(2),
+                                torch.full((2,), 0.2))
+    assert tokens.tolist() == [0, 1]
 
 
 def test_sampling_draws_from_the_softmax_of_logits_over_temperature() -> None:
-    # p = softmax([0, log 3] / 1) = (0.25, 0.75); at temperature 0.5 it is (0.1, 0.9).
     rows = 4000
     logits = _logits(1.0, 3.0).repeat(rows, 1)
-    torch.manual_seed(0)
-    hot = sample_next_tokens(logits, torch.ones(rows), torch.ones(rows), [None] * rows)
-    generators = [torch.Generator().manual_seed(i) for i in range(rows)]
-    cool = sample_next_tokens(logits, torch.full((rows,), 0.5), torch.ones(rows), generators)
+    uniform = torch.rand(rows, generator=torch.Generator().manual_seed(0))
+    hot = sample_next_tokens(logits, torch.ones(rows), torch.ones(rows), uniform)
+    cool = sample_next_tokens(logits, torch.full((rows,), 0.5), torch.ones(rows), uniform)
 
     assert hot.float().mean().item() == pytest.approx(0.75, abs=0.03)
     assert cool.float().mean().item() == pytest.approx(0.9, abs=0.02)
@@ -116,8 +122,8 @@ def test_sampling_draws_from_the_softmax_of_logits_over_temperature() -> None:
 def test_sampling_never_leaves_the_nucleus() -> None:
     rows = 500
     logits = _logits(0.5, 0.3, 0.15, 0.05).repeat(rows, 1)
-    torch.manual_seed(1)
-    tokens = sample_next_tokens(logits, torch.ones(rows), torch.full((rows,), 0.7), [None] * rows)
+    uniform = torch.rand(rows, generator=torch.Generator().manual_seed(1))
+    tokens = sample_next_tokens(logits, torch.ones(rows), torch.full((rows,), 0.7), uniform)
 
     assert set(tokens.tolist()) == {0, 1}
 
