@@ -1,8 +1,8 @@
 """The cycle's training stages on N processes of this machine (`"processes": N` in the
 cycle's recipe): the cycle's process holds the lease, reads the data and registers; the
-stage runs as a `trainer.distributed.launch`ed job whose rank 0 hands back what the cycle
+stage runs as a `trainer.launch.launch`ed job whose rank 0 hands back what the cycle
 needs (the reward model's files, the adapter's weights, PPO's state) and writes PPO's
-checkpoints. Its ranks never open the store. On one process these call the stages directly.
+checkpoints. Its ranks never open the store.
 """
 
 import tempfile
@@ -18,7 +18,8 @@ from flywheel.model_loading import load_model
 from trainer.checkpoints import save_state
 from trainer.data import Label, Pair
 from trainer.demonstrations import Demonstration
-from trainer.distributed import Progress, data_parallel, launch
+from trainer.distributed import data_parallel
+from trainer.launch import Progress, launch
 from trainer.policy_stage import PolicyRecipe, PolicyResult, train_policy
 from trainer.ppo import PPOState, prepare_policy
 from trainer.reward import RewardConfig, RewardModel, train_reward_model

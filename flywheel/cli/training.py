@@ -267,7 +267,8 @@ def _data_parallel(ctx: typer.Context, processes: int):
     """(this process's place among the ranks, its device) for a training command: with
     `processes` > 1 the command line runs again under torchrun and this process exits with
     its code; under torchrun it joins the process group (left when the command ends)."""
-    from trainer.distributed import run_command_on, setup, teardown, under_torchrun
+    from trainer.distributed import setup, teardown, under_torchrun
+    from trainer.launch import run_command_on
 
     if processes > 1 and not under_torchrun():
         raise typer.Exit(run_command_on(processes, _command_line(ctx)))

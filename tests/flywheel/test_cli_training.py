@@ -93,7 +93,7 @@ def test_help_lists_the_commands():
 
 def test_processes_runs_the_same_command_line_under_torchrun(monkeypatch, data_file, tmp_path):
     launched = []
-    monkeypatch.setattr("trainer.distributed.run_command_on",
+    monkeypatch.setattr("trainer.launch.run_command_on",
                         lambda processes, argv: launched.append((processes, argv)) or 3)
     result = flywheel_cli("train", "reward", "--data", data_file, "--processes", 2,
                           "--epochs", 2, "--backbone", "policy-lora", "--data-dir", tmp_path)

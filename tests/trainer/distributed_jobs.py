@@ -1,5 +1,5 @@
 """What tests/trainer/test_distributed.py runs on 1 process and, through
-`trainer.distributed.launch`, on 2: the collectives on hand-made rows, and small runs of the
+`trainer.launch.launch`, on 2: the collectives on hand-made rows, and small runs of the
 reward model, PPO and DPO. Every function returns its figures (rank 0's on 2 processes)."""
 
 from dataclasses import replace

@@ -10,16 +10,13 @@ draws each rank's answers from its own stream, so its answers differ from one pr
 """
 
 import math
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.trainer import distributed_jobs as jobs
-from trainer.distributed import DataParallel, launch, start_with_parent
+from trainer.distributed import DataParallel
+from trainer.launch import launch
 from trainer.rlhf.ppo_math import masked_mean, whiten
 
 FIGURES = 1e-5
@@ -110,29 +107,3 @@ def test_two_processes_train_the_policy_as_one(runs, recipe):
     assert one[-1]["loss" if recipe == "dpo" else "kl"] != one[0]["loss" if recipe == "dpo"
                                                                    else "kl"]  # it learned
 
-
-def ended(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().split(")")[-1].split()[0] in "ZX"
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
-def test_what_a_process_launches_ends_when_it_is_killed():
-    """A killed worker's torchrun (and so its ranks) must not train on."""
-    parent = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\n"
-        "from trainer.distributed import start_with_parent\n"
-        "child = start_with_parent([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-        "print(child.pid, flush=True)\n"
-        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
-    child = int(parent.stdout.readline())
-    assert not ended(child)
-    parent.kill()
-    parent.wait()
-    deadline = time.monotonic() + 20
-    while not ended(child) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert ended(child)
-    own = start_with_parent([sys.executable, "-c", "import sys; sys.exit(3)"])
-    assert own.wait(timeout=60) == 3  # the command runs in place of the wrapper
