@@ -3,8 +3,8 @@
 The first line is a header, `{"format": "flywheel-log", "version": 2, "source": "export"
 or "events", "created_at": …}`. Every other line is one record: `{"type": …}` followed by
 every column of its table (ids included, times as ISO-8601 UTC like
-`2026-01-02T03:04:05.000006Z`; API key hashes are never written), or a deletion,
-`{"type": …, "id": …, "deleted": true, "deleted_at": …}` (for `annotator_quality`, whose
+`2026-01-02T03:04:05.000006Z`; API keys' hashes and last uses are never written), or a
+deletion, `{"type": …, "id": …, "deleted": true, "deleted_at": …}` (for `annotator_quality`, whose
 key is `user_id`, that field instead of `id`). A record refers to others only by the ids
 of records above it.
 
@@ -73,7 +73,9 @@ MODELS: dict[str, type[SQLModel]] = {
     "annotator_quality": AnnotatorQuality, "erasure": Erasure}
 FEEDBACK_TYPES = ("user", "conversation", "message", "rating", "comparison", "rewrite", "flag")
 KEYS = {kind: "user_id" if kind == "annotator_quality" else "id" for kind in MODELS}
-SECRET = {"api_key_hash"}
+# Columns never written: an API key's hash (a secret) and its last use (how a key is used,
+# not what anyone said: updated without a log record, `feedback.queries.users`).
+NOT_LOGGED = {"api_key_hash", "api_key_last_used_at"}
 # Fields that hold ids of other records, and the type they point to.
 REFERENCES: dict[str, dict[str, str]] = {
     "user": {},
@@ -146,7 +148,7 @@ def to_log(kind: str, record: SQLModel) -> dict[str, Any]:
     """One store record as a log line."""
     line: dict[str, Any] = {"type": kind}
     for name in MODELS[kind].model_fields:
-        if name not in SECRET:
+        if name not in NOT_LOGGED:
             value = getattr(record, name)
             line[name] = encode_time(value) if isinstance(value, datetime) else value
     return line
@@ -167,7 +169,7 @@ def from_log(obj: Any) -> LogRecord:
         return LogRecord(kind, key, None, parse_time(obj.get("deleted_at"), "deleted_at"))
     row = {}
     for name, info in MODELS[kind].model_fields.items():
-        if name == KEYS[kind] or name in SECRET:
+        if name == KEYS[kind] or name in NOT_LOGGED:
             continue
         if name not in obj:
             if info.is_required():

@@ -12,7 +12,7 @@ import { feedbackBrowser } from "./feedback-browser.js";
 import { leaderboardPanel } from "./leaderboard.js";
 import { renderMarkdown } from "./markdown.js";
 import { reviewPanel } from "./review.js";
-import { rewardModelsPanel } from "./reward-models.js";
+import { erasedDataPill, rewardModelsPanel } from "./reward-models.js";
 import { watchPanel } from "./watch.js";
 
 const $ = (id) => document.getElementById(id);
@@ -113,7 +113,8 @@ function adapterRow(a) {
   }, text));
   return h("tr", { dataset: { version: a.version } },
     h("th", { scope: "row" }, a.version),
-    h("td", {}, h("span", { class: `status-pill status-${a.status}` }, a.status)),
+    h("td", {}, h("span", { class: `status-pill status-${a.status}` }, a.status),
+      erasedDataPill(a)),
     h("td", {}, a.parent_version ?? "–"),
     h("td", {}, trafficCell(a)),
     h("td", {}, a.loaded ? "yes" : "no"),

@@ -8,11 +8,19 @@ const accuracy = (m) => (typeof m.heldout?.accuracy === "number"
   ? `${(m.heldout.accuracy * 100).toFixed(1)}%` : "–");
 const count = (n) => (typeof n === "number" ? String(n) : "–");
 
+// Trained on data of a user who was erased since: an operator retrains it.
+export const erasedDataPill = (row) => (row.trained_on_erased_data
+  ? h("span", { class: "status-pill erased-data",
+    title: "Its training data included a user who has since been erased: retrain it" },
+  "trained on erased data")
+  : null);
+
 function row(m) {
   return h("tr", { class: m.status === "current" ? "current" : null,
     dataset: { version: m.version } },
   h("th", { scope: "row" }, m.version),
-  h("td", {}, h("span", { class: `status-pill status-${m.status}` }, m.status)),
+  h("td", {}, h("span", { class: `status-pill status-${m.status}` }, m.status),
+    erasedDataPill(m)),
   h("td", {}, accuracy(m)),
   h("td", {}, count(m.heldout?.pairs)),
   h("td", {}, count(m.data_window?.pairs)),

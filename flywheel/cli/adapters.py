@@ -27,8 +27,9 @@ def _store(db, data_dir):
 
 def _line(adapter) -> str:
     share = f"  canary {adapter.traffic_share:.0%}" if adapter.traffic_share else ""
+    erased = "  trained on erased data" if adapter.trained_on_erased_data else ""
     return (f"{adapter.version:<16} {adapter.status:<10} parent {adapter.parent_version or '-':<14}"
-            f" {adapter.created_at:%Y-%m-%d %H:%M}{share}")
+            f" {adapter.created_at:%Y-%m-%d %H:%M}{share}{erased}")
 
 
 @adapters_app.command("list")

@@ -36,8 +36,9 @@ def _accuracy(row) -> str:
 
 
 def _line(row) -> str:
+    erased = "  trained on erased data" if row.trained_on_erased_data else ""
     return (f"{row.version:<10} {row.status:<9} {_accuracy(row):<28} "
-            f"parent {row.parent_version or '-':<10} {row.created_at:%Y-%m-%d %H:%M}")
+            f"parent {row.parent_version or '-':<10} {row.created_at:%Y-%m-%d %H:%M}{erased}")
 
 
 @reward_models_app.command("list")

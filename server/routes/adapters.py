@@ -45,6 +45,7 @@ class AdapterOut(BaseModel):
     traffic_share: float
     eval_report: dict[str, Any] | None
     reward_model_version: str | None  # the reward model that trained it
+    trained_on_erased_data: bool  # a user whose data it saw was erased since: retrain
     created_at: datetime
     updated_at: datetime
     loaded: bool = False  # held in memory by the server that answered

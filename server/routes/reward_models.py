@@ -23,6 +23,7 @@ class RewardModelOut(BaseModel):
     path: str
     data_window: dict[str, Any]  # what it trained on: since, until, pairs, heldout_pairs
     heldout: dict[str, Any] | None  # accuracy, loss, ece, pairs on the held-out split
+    trained_on_erased_data: bool  # a user whose data it saw was erased since: retrain
     created_at: datetime
     updated_at: datetime
 

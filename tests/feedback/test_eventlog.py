@@ -6,6 +6,7 @@ import json
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from feedback.db import open_store, session_scope
+from feedback.eventlog import EventLog
 from feedback.exporter import export_feedback
 from feedback.importer import import_file
 from feedback.queries import adapters as registry
@@ -147,3 +149,43 @@ def test_processes_appending_at_once_write_whole_lines(tmp_path):
     header, records = read(events)  # every line parses; one header
     assert header["format"] == "flywheel-log" and len(records) == 160
     assert sorted(r["id"] for r in records) == list(range(1, 161))
+
+
+def test_a_rewrite_is_atomic_and_appends_waiting_for_it_go_to_the_new_file(tmp_path):
+    log = EventLog(tmp_path / "events.jsonl")
+    log.append([{"type": "note", "id": i} for i in range(3)])
+    appended = threading.Event()
+
+    def keep_odd(records):
+        kept = [r for r in records() if r["id"] % 2]  # a first pass, then the edit
+        writer = threading.Thread(target=lambda: (log.append([{"type": "note", "id": 9}]),
+                                                  appended.set()))
+        writer.start()
+        assert not appended.wait(0.3)  # the append waits for the rewrite
+        yield from kept
+
+    report = log.rewrite(keep_odd)
+
+    assert appended.wait(10)
+    header, records = read(log.path)
+    assert header["format"] == "flywheel-log" and records == [{"type": "note", "id": 1},
+                                                               {"type": "note", "id": 9}]
+    assert (report.read, report.written) == (3, 1)
+    assert stat.S_IMODE(log.path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]  # no temporary left
+
+
+def test_a_failed_rewrite_leaves_the_log_as_it_was(tmp_path):
+    log = EventLog(tmp_path / "events.jsonl")
+    log.append([{"type": "note", "id": 1}])
+    before = log.path.read_bytes()
+
+    def broken(records):
+        yield from records()
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        log.rewrite(broken)
+    assert log.path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]
+    assert EventLog(tmp_path / "none.jsonl").rewrite(broken).written == 0

@@ -16,6 +16,7 @@ from itsdangerous import TimestampSigner
 from starlette.testclient import TestClient
 
 from feedback.models import User, utcnow
+from feedback.queries import adapters as registry
 from feedback.queries import conversations as convs
 from feedback.queries import users
 from server.app import create_app
@@ -189,6 +190,10 @@ def test_an_admin_erases_a_user_and_nothing_they_typed_is_left(client, replica, 
     made = _new_user(client, keys)
     secret = f"okapi-{uuid.uuid4().hex}"
     _typed(app, made["user"]["id"], secret)
+    version = f"policy-{uuid.uuid4().hex[:8]}"  # trained after they typed: on their data
+    with db_session(app) as session:
+        registry.register_adapter(session, version=version, base_model="demo", path="/a",
+                                  sha256="0" * 64)
     data_dir = app.state.settings.data_dir
     assert _files_holding(data_dir, secret)
 
@@ -196,6 +201,9 @@ def test_an_admin_erases_a_user_and_nothing_they_typed_is_left(client, replica, 
 
     assert erased.status_code == 200, erased.text
     assert erased.json()["rows"]["message"] == 1 and erased.json()["log_records_removed"] >= 3
+    assert version in erased.json()["adapters"]
+    shown = _as(client, keys["operator"], "GET", f"/api/adapters/{version}").json()
+    assert shown["trained_on_erased_data"] is True
     assert _files_holding(data_dir, secret) == []
     for server in (client, replica):
         assert _as(server, made["api_key"], "GET", "/api/me").status_code == 401
