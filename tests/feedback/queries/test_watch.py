@@ -5,6 +5,8 @@ import random
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from feedback.models import Message, utcnow
 from feedback.queries import adapters as registry
 from feedback.queries import conversations as convs
@@ -19,13 +21,14 @@ SHA = "0" * 64
 def serve(session, version: str | None, *, answers: int, up_rate: float, reward: float,
           data_dir: Path, seed: int, content: str = "it is kind, that is what i think.",
           tokens: int | None = 9) -> list[int]:
-    """`answers` answers by `version`, each rated by its own user (up with `up_rate`), and
-    the reward model's scores of them, around `reward`, in rm-0001's score file."""
+    """`answers` answers by `version` in one user's conversation (a prompt and its answer
+    each), each rated by that user (up with `up_rate`), and the reward model's scores of
+    them, around `reward`, in rm-0001's score file."""
     rng = random.Random(seed)
     ids, scores = [], {}
-    for i in range(answers):
-        user = users.create_user(session, handle=f"u-{version}-{seed}-{i}")
-        conversation = convs.create_conversation(session, user_id=user.id)
+    user = users.create_user(session, handle=f"u-{version}-{seed}")
+    conversation = convs.create_conversation(session, user_id=user.id)
+    for _ in range(answers):
         prompt = convs.add_message(session, conversation_id=conversation.id, role="user",
                                    content="Tell me about my cat.")
         answer = convs.add_message(session, conversation_id=conversation.id, role="assistant",
@@ -60,6 +63,7 @@ def crowd(session, data_dir: Path) -> None:
           seed=2)
 
 
+@pytest.mark.slow
 def test_the_alarm_and_the_rollback_verdict_on_a_crowd_that_likes_the_new_adapter_less(
         session, tmp_path):
     crowd(session, tmp_path)
@@ -74,6 +78,7 @@ def test_the_alarm_and_the_rollback_verdict_on_a_crowd_that_likes_the_new_adapte
     assert v2["reward_mean"] - v1["reward_mean"] > 0.7 and v2["scored"] == 80
 
 
+@pytest.mark.slow
 def test_a_rollback_target_that_came_back_by_rollback_is_not_rolled_back_again(
         session, tmp_path):
     crowd(session, tmp_path)
