@@ -1,8 +1,8 @@
 // The operator console: adapters (status, evaluation report, sample answer pairs, live
 // win rate with its interval, canary share), approve / reject / promote / roll back with
-// confirmation, feedback volume and reward-model accuracy charts, the reward models, the
-// annotators, the review queue, the feedback browser, and training runs with their step
-// logs and charts.
+// confirmation, the leaderboard, the live watch after a promotion, feedback volume and
+// reward-model accuracy charts, the reward models, the annotators, the review queue, the
+// feedback browser, and training runs with their step logs and charts.
 import { annotatorsPanel } from "./annotators.js";
 import { api, describeError, h } from "./api.js";
 import {
