@@ -6,6 +6,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
+from flywheel.judge.functions import FunctionJudge
 from flywheel.model_loading import load_model, lora_config
 from trainer.evaluate import EvalConfig, evaluate_candidate, render_markdown
 
@@ -80,3 +81,20 @@ def test_few_prompts_are_answered_again_up_to_max_prompts(policy):
                                 baseline=None, config=config)
     assert (report["prompts"], report["answers"]) == (2, 10)
     assert report["reward_model_win_rate"]["n"] == 10
+
+
+def test_a_configured_judge_adds_its_win_rate_beside_the_reward_models(policy):
+    model, tokenizer = policy
+    longer = FunctionJudge(lambda prompt, a, b=None: "a" if len(a) > len(b) else
+                           "b" if len(b) > len(a) else "tie")
+    report = evaluate_candidate(model, tokenizer, LengthReward(), PROMPTS, candidate="cand",
+                                baseline=None, config=CONFIG, judge=longer)
+    judged = report["judge_win_rate"]
+    assert judged["wins"] + judged["losses"] + judged["ties"] == report["answers"]
+    assert judged["calls"] == 2 * report["answers"] and judged["position_flip_rate"] == 0
+    # It judges by length, as the reward model scores: the two win rates are one.
+    assert judged["rate"] == pytest.approx(report["reward_model_win_rate"]["rate"])
+    assert "judge win rate" in render_markdown(report)
+    assert "judge_win_rate" not in evaluate_candidate(
+        model, tokenizer, LengthReward(), PROMPTS, candidate="cand", baseline=None,
+        config=CONFIG)

@@ -26,7 +26,9 @@ from tests.server.support import add_user, app_on_database, bearer, load_demo
 from trainer.annotators import record_annotator_quality
 from trainer.data import Pair, cap_ai_share, preference_pairs
 
-QUESTIONS = 60
+pytestmark = pytest.mark.slow  # judges 90 turns with each of three judges, on each database
+
+QUESTIONS = 30
 PEOPLE = 3
 JUDGES = {"coin": "flywheel.judge.functions:coin",
           "first": "flywheel.judge.functions:always_a",
@@ -102,7 +104,7 @@ def test_the_runner_reports_what_the_judge_did(judged):
     good = judged["reports"]["good"]
     assert good["calls"] == 2 * QUESTIONS * PEOPLE and good["pairs"] == QUESTIONS * PEOPLE
     assert good["votes"] == {"pick": QUESTIONS * PEOPLE}
-    assert good["parse_failures"] == 0 and 0.2 < good["position_flip_rate"] < 0.45
+    assert good["parse_failures"] == 0 and 0.1 < good["position_flip_rate"] < 0.5
     assert good["agreement_with_people"]["consensus_items"] > QUESTIONS // 2  # decisive ones
     first = judged["reports"]["first"]
     assert first["position_flip_rate"] == 1.0  # every pair: the first answer shown
