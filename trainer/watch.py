@@ -5,9 +5,10 @@ predecessor.
 
 Scores go to `<data-dir>/watch/scores-<reward model>.jsonl` (message ids and numbers
 only): a new reward model starts a file of its own, filled from the watch window's answers
-on, since scores of two models do not compare. The rollback is the registry's, as the CLI's
-and the API's, under the actor "scheduler", after the same check that the adapter it
-brings back loads; an "auto_rollback" audit event records the test's figures.
+on, since scores of two models do not compare. An alarm is logged, and its first sighting
+on an adapter is a "reward_hacking_alarm" audit event. The rollback is the registry's, as
+the CLI's and the API's, under the actor "scheduler", after the same check that the
+adapter it brings back loads; an "auto_rollback" audit event records the test's figures.
 """
 
 import logging
@@ -76,9 +77,10 @@ def judge_live_adapter(settings: Settings, engine: Engine) -> tuple[WatchReport,
     test says so, the rollback: returns the version brought back, else None."""
     with session_scope(engine) as session:
         report = _report(settings, session)
-    if report.alarm.raised:
-        log.warning("reward-hacking alarm on %s: %s", report.live, report.alarm.reason,
-                    extra={"adapter": report.live})
+        if report.alarm.raised:
+            log.warning("reward-hacking alarm on %s: %s", report.live, report.alarm.reason,
+                        extra={"adapter": report.live})
+            _audit_alarm(session, report)
     if not (settings.auto_rollback and report.rollback.raised):
         return report, None
     with session_scope(engine) as session:
@@ -102,6 +104,18 @@ def judge_live_adapter(settings: Settings, engine: Engine) -> tuple[WatchReport,
     log.warning("rolled back %s to %s: %s", report.live, restored.version,
                 report.rollback.reason, extra={"adapter": restored.version})
     return report, restored.version
+
+
+def _audit_alarm(session, report: WatchReport) -> None:
+    """The first alarm on a live adapter becomes a "reward_hacking_alarm" audit event (in
+    its trail: `flywheel adapters show`); later runs that still see it add none."""
+    if any(e.action == "reward_hacking_alarm" for e in registry.list_audit_events(
+            session, adapter_version=report.live)):
+        return
+    registry.record_audit_event(
+        session, actor=ACTOR, action="reward_hacking_alarm", adapter_version=report.live,
+        detail={"reason": report.alarm.reason, "p_value": report.alarm.p_value,
+                "predecessor": report.predecessor, "reward_model": report.reward_model})
 
 
 def _report(settings: Settings, session) -> WatchReport:

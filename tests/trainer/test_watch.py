@@ -68,7 +68,9 @@ def test_the_alarm_rings_and_auto_rollback_restores_the_previous_adapter(
         events = session.exec(select(AuditEvent).where(AuditEvent.actor == "scheduler")
                               .order_by(AuditEvent.id)).all()
     assert [(e.action, e.adapter_version) for e in events if e.adapter_version] == [
-        ("rollback", "policy-v2"), ("rollback", "policy-v1"), ("auto_rollback", "policy-v2")]
+        ("reward_hacking_alarm", "policy-v2"), ("rollback", "policy-v2"),
+        ("rollback", "policy-v1"), ("auto_rollback", "policy-v2")]
+    assert "but people do not" in events[-4].detail["reason"]
     assert events[-1].detail["back_to"] == "policy-v1" and events[-1].detail["p_value"] < 0.01
     # policy-v1 came back by a rollback: the next run leaves it live.
     again = watch_once(settings, engine)
@@ -83,6 +85,10 @@ def test_no_rollback_without_the_setting_or_when_the_previous_adapter_does_not_l
     _crowd(engine, settings)
     off = watch_once(settings.model_copy(update={"auto_rollback": False}), engine)
     assert off.report.rollback.raised and off.rolled_back_to is None
+    watch_once(settings.model_copy(update={"auto_rollback": False}), engine)
+    with session_scope(engine) as session:  # the alarm is audited once, not every run
+        assert len(session.exec(select(AuditEvent).where(
+            AuditEvent.action == "reward_hacking_alarm")).all()) == 1
     corrupt(first)
     with pytest.raises(FlywheelError):
         watch_once(settings, engine)
