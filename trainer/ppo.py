@@ -38,6 +38,7 @@ from trainer.rlhf.ppo_math import (
     gae,
     kl_k1,
     kl_k3,
+    leave_one_out_advantages,
     logprobs_from_logits,
     masked_mean,
     masked_sum,
@@ -61,7 +62,10 @@ class PPOConfig:
     """Every knob of a PPO run, with its default."""
 
     steps: int = 50  # PPO steps: one rollout of `batch_size` answers, then its updates
-    batch_size: int = 16  # prompts (and answers) per rollout
+    batch_size: int = 16  # answers per rollout
+    # > 1: answers per prompt, in groups; each answer's advantage is its reward minus the
+    # mean of its group's others (RLOO), and the critic is not used. 1: GAE with the critic.
+    answers_per_prompt: int = 1
     minibatch_size: int = 8  # answers per gradient step
     ppo_epochs: int = 4  # passes over each rollout
     learning_rate: float = 1e-4  # AdamW, for the LoRA weights and the value head
@@ -169,6 +173,10 @@ def train_ppo(
     """
     if not prompts:
         raise ValueError("PPO needs at least one prompt")
+    per_prompt = config.answers_per_prompt
+    if per_prompt < 1 or config.batch_size % per_prompt:
+        raise ValueError(f"batch_size {config.batch_size} is not a whole number of groups of "
+                         f"answers_per_prompt {per_prompt}")
     device = next(policy.parameters()).device
     policy.eval()
     value_head = ValueHead(policy.config.hidden_size).to(device)
@@ -192,7 +200,7 @@ def train_ppo(
         metrics = list(state.metrics)
     first_step = len(metrics) if state is not None and state.generators else 0
     prompt_ids = [encode_prompt(tokenizer, p, config.max_prompt_tokens) for p in prompts]
-    order = prompt_batches(len(prompts), config.batch_size,
+    order = prompt_batches(len(prompts), config.batch_size // per_prompt,
                            torch.Generator().manual_seed(config.seed))
     for _ in range(first_step):  # the batches the resumed run already trained on
         next(order)
@@ -210,8 +218,9 @@ def train_ppo(
             metrics=list(metrics) if resumable else [])
 
     for step in range(first_step, config.steps):
-        batch = next(order)
-        part = dp.part(len(batch))  # this rank's prompts of the global batch
+        batch = [i for i in next(order) for _ in range(per_prompt)]  # each prompt per_prompt times
+        groups = dp.part(len(batch) // per_prompt)  # this rank's prompts of the global batch
+        part = slice(groups.start * per_prompt, groups.stop * per_prompt)
         # 1. Rollout: sample answers with the policy (adapter on), keeping each token's
         #    log-prob, entropy and value as it is sampled.
         started = time.perf_counter()
@@ -242,7 +251,11 @@ def train_ppo(
         seq_kl = dp.mean(kl.sum(1))  # figures over every rank's answers
         seq_k3 = dp.mean(masked_sum(kl_k3(logprobs, ref_logprobs), mask, dim=1))
         rewards = token_rewards(penalised, kl, mask, controller.beta)
-        advantages, returns = gae(rewards, values, mask, gamma=config.gamma, lam=config.lam)
+        if per_prompt > 1:  # the whole answer's return, less its group's others': every token
+            baselined = leave_one_out_advantages(rewards.sum(1).view(-1, per_prompt)).view(-1)
+            advantages, returns = baselined[:, None] * mask, values
+        else:
+            advantages, returns = gae(rewards, values, mask, gamma=config.gamma, lam=config.lam)
         advantages = dp.whiten(advantages, mask)
         log = {"step": step, "score": dp.mean(scores), "reward": dp.mean(rewards.sum(1)),
                "kl": seq_kl, "kl_k3": seq_k3, "beta": controller.beta,
@@ -279,7 +292,8 @@ def train_ppo(
                 vf_loss, value_clip_fraction = clipped_value_loss(
                     new_values, values[mb], returns[mb], m, config.clip_range_value)
                 optimizer.zero_grad(set_to_none=True)
-                (share * (pg_loss + config.vf_coef * vf_loss)).backward()
+                vf_weight = config.vf_coef if per_prompt == 1 else 0.0  # RLOO needs no critic
+                (share * (pg_loss + vf_weight * vf_loss)).backward()
                 dp.sync_gradients(trainable)
                 torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()

@@ -191,3 +191,23 @@ def test_a_run_resumed_from_a_checkpoint_ends_as_an_uninterrupted_one(tokenizer)
                             strict=True):
         if "lora_" in name:
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_groups_of_answers_per_prompt_train_without_the_critic(tokenizer):
+    seen = []
+
+    def reward(prompts, completions):
+        seen.append([p[0]["content"] for p in prompts])
+        return length_reward(prompts, completions)
+
+    config = PPOConfig(**{**SMALL, "answers_per_prompt": 2})
+    policy = prepare_policy(build_tiny_model("llama", tokenizer=tokenizer), config)
+    result = train_ppo(policy, tokenizer, PROMPTS, reward, config)
+    assert result.stop_reason == "steps" and len(result.metrics) == config.steps
+    for prompts in seen:  # 2 prompts a step, each answered twice, side by side
+        assert prompts[0] == prompts[1] and prompts[2] == prompts[3] and prompts[0] != prompts[2]
+    # the leave-one-out baseline needs no critic: the value head stays as it started
+    assert all(torch.count_nonzero(v) == 0 for v in result.value_head.state_dict().values())
+    assert any(p.abs().sum() > 0 for n, p in result.model.named_parameters() if "lora_B" in n)
+    with pytest.raises(ValueError, match="whole number of groups"):
+        run(tokenizer, answers_per_prompt=3)

@@ -101,6 +101,18 @@ def gae(
     return advantages, (advantages + values) * mask
 
 
+def leave_one_out_advantages(rewards: Tensor) -> Tensor:
+    """RLOO (Ahmadian et al. 2024): each answer's reward minus the mean reward of the other
+    answers to the same prompt, an unbiased baseline that needs no critic.
+
+    rewards [G, K] (G prompts, K ≥ 2 answers each) -> advantages [G, K]."""
+    k = rewards.shape[1]
+    if k < 2:
+        raise ValueError("leave-one-out needs at least two answers per prompt")
+    others = (rewards.sum(1, keepdim=True) - rewards) / (k - 1)
+    return rewards - others
+
+
 def clipped_policy_loss(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float
 ) -> tuple[Tensor, Tensor]:

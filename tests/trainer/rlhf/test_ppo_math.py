@@ -13,6 +13,7 @@ from trainer.rlhf.ppo_math import (
     gae,
     kl_k1,
     kl_k3,
+    leave_one_out_advantages,
     logprobs_from_logits,
     masked_mean,
     token_rewards,
@@ -78,6 +79,15 @@ def test_gae_ends_the_episode_at_the_mask():
                               gamma=1.0, lam=1.0)
     assert torch.allclose(advantages, t([0.5, 0.5, 0.0]))
     assert torch.allclose(returns, t([1.0, 1.0, 0.0]))
+
+
+def test_leave_one_out_subtracts_the_mean_of_the_other_answers():
+    rewards = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 0.0]])
+    # 1 - (2 + 6) / 2 = -3; 2 - (1 + 6) / 2 = -1.5; 6 - (1 + 2) / 2 = 4.5
+    expected = torch.tensor([[-3.0, -1.5, 4.5], [0.0, 0.0, 0.0]])
+    assert torch.allclose(leave_one_out_advantages(rewards), expected)
+    with pytest.raises(ValueError, match="two answers"):
+        leave_one_out_advantages(torch.ones(3, 1))
 
 
 def test_clipped_policy_loss():
