@@ -263,3 +263,28 @@ def _adaptable_layers(model: nn.Module) -> dict[str, bool]:
             continue
         layers[leaf] = layers.get(leaf, False) or isinstance(module, Conv1D)
     return layers
+
+
+@dataclass
+class LoadedTokenizer:
+    """A model's tokenizer (+ chat template) and window, without its weights."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_context: int
+    is_demo: bool
+
+
+def load_tokenizer(name_or_path: str, *, models_dir: Path) -> LoadedTokenizer:
+    """What a gateway needs of the model its backends serve: it renders the chat prompts
+    and counts their tokens; the weights stay on the backends."""
+    source, local_only = _resolve_source(name_or_path, models_dir)
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        tokenizer = _load_tokenizer(source, local_only)
+    except OSError as exc:
+        if Path(source).is_dir():
+            raise FlywheelError(f"cannot load model {name_or_path}: {_first_line(exc)}") from exc
+        raise FlywheelError(_not_found_message(name_or_path, local_only, exc)) from exc
+    _prepare_tokenizer(tokenizer, name_or_path)
+    return LoadedTokenizer(tokenizer, _context_window(config, tokenizer),
+                           bool(getattr(config, DEMO_CONFIG_FLAG, False)))

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     db_wait_s: float = 5.0  # wait for a pooled connection or SQLite's lock; then 503
     side_by_side_share: float = 0.1  # share of turns answered twice for a pick
     adapter_poll_s: float = 2.0  # how often servers reconcile adapters with the registry
+    # Generation backends (`flywheel engine`, vLLM): base URLs, comma-separated. With any,
+    # the server is a gateway over them and loads only the tokenizer; without, it runs the
+    # built-in engine in-process.
+    backends: Annotated[list[str], NoDecode] = []
+    backend_check_s: float = 1.0  # how often the gateway checks each backend's health
+    # Where rate-limit counters live: "memory://" (this process), or "redis://host:port"
+    # (shared by every replica, so N replicas allow the limit once, not N times).
+    rate_limit_storage: str = "memory://"
 
     # The training loop
     cycle_interval_s: float = 600.0  # how often the worker considers a cycle
@@ -107,7 +115,7 @@ class Settings(BaseSettings):
     def judge_configured(self) -> bool:
         return self.judge is not None or self.judge_model is not None
 
-    @field_validator("previous_secret_keys", "allowed_origins", mode="before")
+    @field_validator("previous_secret_keys", "allowed_origins", "backends", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

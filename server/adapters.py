@@ -18,6 +18,13 @@ at start, by polling (so replicas converge), and at once after an operator acts 
 - an adapter no longer wanted stops taking new requests at once, and is unloaded once its
   last answer has finished and a short grace period (for requests already routed to it
   but not yet generating) has passed.
+
+It does this on every generation backend: the built-in engine in this process, or each
+engine behind the gateway (`server/backends/`). A version is verified once, here, against
+the registry's checksum; each backend then loads it from the shared adapter store and
+smoke-tests it, and it counts as loaded once every backend that is up holds it. A backend
+that joins (or comes back) is reconciled before it takes traffic (`join`): it unloads
+what is no longer served and loads what is.
 """
 
 import asyncio
@@ -27,7 +34,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import torch
 from sqlalchemy import Engine
 
 from feedback.db import session_scope
@@ -35,7 +41,7 @@ from feedback.models import AdapterStatus
 from feedback.queries import adapters as registry
 from flywheel.adapter_store import AdapterStore
 from flywheel.generation import adapter_name
-from server.engine import GenerationEngine
+from server.backends import BackendUnavailable
 from server.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -58,9 +64,12 @@ class _Desired:
 
 
 class AdapterManager:
-    def __init__(self, *, engine: GenerationEngine, store: AdapterStore, db: Engine,
-                 base_name: str):
-        self.engine, self.store, self.db, self.base_name = engine, store, db, base_name
+    def __init__(self, *, backends: list, store: AdapterStore, db: Engine, base_name: str,
+                 gateway=None):
+        """`backends`: LocalBackend or RemoteBackends; `gateway`, over the remote ones,
+        hears when one of them cannot be reached."""
+        self.backends, self.store, self.db, self.base_name = backends, store, db, base_name
+        self.gateway = gateway
         self.loaded: dict[str, str] = {}  # version -> sha256 of what is in memory
         self.failed: dict[str, tuple[str, str]] = {}  # version -> (sha256, error)
         self.live: str | None = None
@@ -163,6 +172,9 @@ class AdapterManager:
         if target is None:
             return
         version, sha256 = target
+        if not self._up():
+            raise APIError(503, "no generation backend is up to load the adapter on; retry "
+                           "shortly", code="backend_unavailable", headers={"Retry-After": "2"})
         async with self._lock:
             if version not in self.loaded:
                 await self._load(version, sha256)
@@ -196,10 +208,45 @@ class AdapterManager:
                 desired.sha256[row.version] = row.sha256
         return desired
 
+    async def join(self, backend) -> None:
+        """Reconcile a backend that is joining (or coming back) before it takes traffic:
+        it unloads what this server no longer serves and loads what it does. An adapter
+        it refuses keeps it out (the gateway retries at its next check)."""
+        async with self._lock:
+            wanted = {self.engine_name(v): v for v in self.loaded}
+            held = await backend.held_adapters()
+            for name in held - wanted.keys():
+                await backend.unload_adapter(name)
+            for name in wanted.keys() - held:
+                await backend.load_adapter(name, self.store.path(wanted[name]).resolve())
+            backend.adapters = set(wanted)
+            log.info("backend %s reconciled: %s", backend.name, sorted(wanted) or "no adapters",
+                     extra={"backend": backend.name})
+
+    def _up(self) -> list:
+        return [b for b in self.backends if b.up]
+
+    def _down(self, backend, error: BackendUnavailable) -> None:
+        if self.gateway is not None:
+            self.gateway.mark_down(backend, str(error))
+
     async def _load(self, version: str, sha256: str) -> None:
+        """Verify `version` against the registry's `sha256`, then load and smoke-test it on
+        every backend that is up; refused (and unloaded from those that took it) if any of
+        them refuses it. One that cannot be reached is marked down, not blamed: it loads
+        the adapter when it rejoins."""
+        name, done = self.engine_name(version), []
         try:
-            await self.engine.call(lambda: self._load_on_engine(version, sha256))
+            path = (await asyncio.to_thread(self.store.verify, version, sha256=sha256)).path
+            for backend in self._up():
+                try:
+                    await backend.load_adapter(name, path.resolve())
+                    done.append(backend)
+                except BackendUnavailable as e:
+                    self._down(backend, e)
         except Exception as e:
+            for backend in done:
+                await self._unload_from(backend, name)
             self.failed[version] = (sha256, str(e))
             log.error("adapter %s refused: %s", version, e)
             return
@@ -207,34 +254,20 @@ class AdapterManager:
         self.failed.pop(version, None)
         log.info("adapter %s loaded", version, extra={"adapter": version})
 
-    def _load_on_engine(self, version: str, sha256: str) -> None:
-        """Verify (against the registry's `sha256`), load and smoke-test; on any failure
-        leave the model as it was."""
-        name = self.engine_name(version)
-        self.engine.model = self.store.load(self.engine.model, version, adapter_name=name,
-                                            sha256=sha256)
-        try:
-            probe = torch.tensor([[self.engine.tokenizer.bos_token_id or 1] * 4],
-                                 device=self.engine.device)
-            logits = self.engine.model(input_ids=probe, adapter_names=[name]).logits
-            if not torch.isfinite(logits).all():
-                raise ValueError("its smoke generation gave non-finite logits")
-        except Exception:
-            self._drop_on_engine(name)
-            raise
-
-    def _drop_on_engine(self, name: str) -> None:
-        """Remove one adapter from the model. Removing the last one unwraps the base model:
-        a PeftModel left with no adapter can neither generate nor take a new adapter."""
-        model = self.engine.model
-        if set(model.peft_config) == {name}:
-            self.engine.model = model.unload()
-        else:
-            model.delete_adapter(name)
-
     async def _unload(self, version: str) -> None:
         name = self.engine_name(version)
-        await self.engine.call(lambda: self._drop_on_engine(name))
+        for backend in self.backends:
+            if name in backend.adapters:
+                await self._unload_from(backend, name)
         del self.loaded[version]
         self._unrouted_at.pop(version, None)
         log.info("adapter %s unloaded", version, extra={"adapter": version})
+
+    async def _unload_from(self, backend, name: str) -> None:
+        try:
+            await backend.unload_adapter(name)
+        except BackendUnavailable as e:  # it is reconciled when it rejoins
+            self._down(backend, e)
+        except Exception:
+            log.exception("backend %s did not unload %s", backend.name, name)
+        backend.adapters.discard(name)

@@ -13,9 +13,11 @@ import typer
 from flywheel import __version__
 from flywheel.cli import (
     adapters,
+    engine,
     judge,
     leaderboard,
     loop,
+    policy_training,  # registers `train ppo` and `train dpo` on training's `train` group
     replay,
     review,
     reward_models,
@@ -48,6 +50,7 @@ def main(version: Annotated[bool, typer.Option(
 
 app.command("up")(serving.up)
 app.command("serve")(serving.serve)
+app.command("engine")(engine.engine)
 app.command("worker")(loop.worker)
 app.command("cycle")(loop.cycle)
 app.command("replay")(replay.replay)

@@ -38,10 +38,19 @@ def demo_model(
                f"Flywheel out) to {target}")
 
 
+BackendOption = Annotated[list[str] | None, typer.Option(
+    "--backend", metavar="URL", help="A generation backend's URL (`flywheel engine`, or vLLM with "
+    "--enable-lora); repeat for several. With any, this server is a gateway over them and "
+    "loads only the model's tokenizer. \\[env: FLYWHEEL_BACKENDS, comma-separated] "
+    "\\[default: the built-in engine, in-process]", show_default=False)]
+
+
 def serve(host: HostOption = None, port: PortOption = None, model: ModelOption = None,
-          db: DbOption = None, data_dir: DataDirOption = None) -> None:
+          db: DbOption = None, data_dir: DataDirOption = None,
+          backend: BackendOption = None) -> None:
     """Serve the chat: websocket, OpenAI-compatible API, voting and operator routes."""
-    run_server(settings_from(host=host, port=port, model=model, db=db, data_dir=data_dir))
+    run_server(settings_from(host=host, port=port, model=model, db=db, data_dir=data_dir,
+                             backends=backend or None))
 
 
 def up(host: HostOption = None, port: PortOption = None, model: ModelOption = None,
@@ -60,7 +69,6 @@ def up(host: HostOption = None, port: PortOption = None, model: ModelOption = No
 
 
 def run_server(settings) -> None:
-    import uvicorn
 
     from feedback.db import open_store
     from server.app import create_app
@@ -69,5 +77,19 @@ def run_server(settings) -> None:
     settings.resolved_secret_key()  # and so does a short or empty secret key
     configure_logging(settings.log_format)
     # proxy_headers off: the app itself trusts the proxies `forwarded_allow_ips` names.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_config=None, access_log=False, ws_max_size=1 << 20, proxy_headers=False)
+    run_until_stopped(create_app(settings), "server", host=settings.host, port=settings.port,
+                      ws_max_size=1 << 20, proxy_headers=False)
+
+
+def run_until_stopped(app, what: str, **uvicorn_options) -> None:
+    """Serve `app` with uvicorn. It answers at once while its model loads in the background
+    (logging each stage; /healthz or /health says "starting"); a start-up that fails stops
+    it, and the command then exits with that error as one line."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
+                                           **uvicorn_options))
+    app.state.startup.on_failure = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if app.state.startup.error:
+        raise FlywheelError(f"the {what} did not start: {app.state.startup.error}")

@@ -157,7 +157,7 @@ def test_promotion_switches_routing_and_the_old_adapter_drains(replica, maker,
     # A long answer on policy-a is streaming when policy-b is promoted.
     thread, streamed = _stream_in_thread(replica, max_tokens=120, temperature=0)
     wait_until(lambda: replica.manager.in_flight["policy-a"] == 1, 10, "the stream to start")
-    release = block_engine(replica.manager.engine)  # hold it mid-stream
+    release = block_engine(replica.app.state.chat.engine)  # hold it mid-stream
     try:
         with monkeypatch.context() as patch:  # policy-b must not drain in between
             patch.setattr(server.adapters, "DRAIN_GRACE_S", 60.0)
@@ -213,7 +213,7 @@ def test_an_adapter_whose_last_answer_is_cancelled_unloads_without_harm(replica,
     replica.act("POST", "/api/adapters/policy-b/promote")
     thread, streamed = _stream_in_thread(replica, max_tokens=120, temperature=0)
     wait_until(lambda: replica.manager.in_flight["policy-b"] == 1, 10, "the second stream")
-    release = block_engine(replica.manager.engine)
+    release = block_engine(replica.app.state.chat.engine)
     try:
         assert replica.manager.in_flight["policy-a"] == 1
         cancel.set()  # both rows stay in the engine's batch while it is held
