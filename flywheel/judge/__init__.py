@@ -15,10 +15,11 @@ from flywheel.errors import FlywheelError
 
 def build_judge(*, function: str | None = None, url: str | None = None,
                 model: str | None = None, api_key: str | None = None,
-                rubric: Path | None = None, models_dir: Path | None = None):
+                rubric: Path | None = None, models_dir: Path):
     """The judge the options name: `function` (module:function); else `url` and `model`
     (an OpenAI-compatible chat endpoint); else `model` alone (a local Hugging Face
-    model). Raises FlywheelError when they name none, or more than one."""
+    model, found like `--model`: in `models_dir`, or by hub id). Raises FlywheelError when
+    they name none, or more than one."""
     if function is not None:
         if url is not None or model is not None:
             raise FlywheelError("give a judge function, or a judge model, not both")
@@ -37,6 +38,6 @@ def build_judge(*, function: str | None = None, url: str | None = None,
     from flywheel.judge.local import LogprobJudge
     from flywheel.model_loading import load_model
 
-    loaded = load_model(model, models_dir=models_dir or Path("flywheel-data/models"))
+    loaded = load_model(model, models_dir=models_dir)
     return LogprobJudge(loaded.model, loaded.tokenizer, rubric=load_rubric(rubric),
                         name=model)

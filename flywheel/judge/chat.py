@@ -1,6 +1,8 @@
 """A chat model as judge: any OpenAI-compatible chat endpoint (a hosted API, a vLLM
 server, a Flywheel server), asked greedily (temperature 0) with the rubric."""
 
+import time
+
 import httpx
 
 from flywheel.errors import FlywheelError
@@ -8,6 +10,8 @@ from flywheel.judge.rubric import Rubric
 from flywheel.judge.verdicts import Reply, parse_verdict
 
 DEFAULT_MAX_TOKENS = 16  # a verdict is a word; a few more let a model say "Answer: A."
+RETRIES = 5  # on 429 and 503 (rate limits, a full queue), after Retry-After or a backoff
+RETRIED = (429, 502, 503)
 
 
 class ChatJudge:
@@ -35,11 +39,15 @@ class ChatJudge:
     def _ask(self, messages: list[dict[str, str]], *, single: bool) -> Reply:
         body = {"model": self.model, "messages": messages, "temperature": 0,
                 "max_tokens": self.max_tokens}
-        try:
-            response = self.client.post("chat/completions", json=body)
-        except httpx.HTTPError as e:
-            raise FlywheelError(f"the judge at {self.client.base_url} is unreachable: {e}") \
-                from None
+        for attempt in range(RETRIES + 1):
+            try:
+                response = self.client.post("chat/completions", json=body)
+            except httpx.HTTPError as e:
+                raise FlywheelError(f"the judge at {self.client.base_url} is unreachable: "
+                                    f"{e}") from None
+            if response.status_code not in RETRIED or attempt == RETRIES:
+                break
+            time.sleep(_retry_after(response, attempt))
         if not response.is_success:
             raise FlywheelError(f"the judge at {self.client.base_url} answered "
                                 f"{response.status_code}: {response.text[:300]}")
@@ -53,3 +61,11 @@ class ChatJudge:
         return Reply(parse_verdict(text, single=single), text,
                      int(usage.get("prompt_tokens") or 0),
                      int(usage.get("completion_tokens") or 0))
+
+
+def _retry_after(response: httpx.Response, attempt: int) -> float:
+    """The seconds the endpoint asks to wait (at most a minute), else 1, 2, 4… seconds."""
+    try:
+        return min(60.0, max(0.0, float(response.headers["retry-after"])))
+    except (KeyError, ValueError):
+        return float(2 ** attempt)

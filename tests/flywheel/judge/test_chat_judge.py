@@ -4,14 +4,17 @@ judge's verdicts are parsed, nonsense is a parse failure, the position swap catc
 model that names the first answer shown, and its votes land as AI feedback, weighted by
 how well they agree with people's."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from feedback.db import session_scope
 from feedback.queries import conversations, votes
 from feedback.queries.annotators import CARELESS_WEIGHT, annotator_quality
+from flywheel.errors import FlywheelError
 from flywheel.judge.chat import ChatJudge
 from flywheel.judge.rubric import load_rubric
 from flywheel.judge.runner import JudgeRunner
@@ -119,3 +122,32 @@ def test_its_votes_are_ai_feedback_weighted_by_agreement_with_people(live, steer
         rows = {a.handle: a for a in annotator_quality(s).annotators}
     assert rows["judge-fair"].ai_feedback and rows["judge-contrary"].ai_feedback
     assert not rows["voter0"].ai_feedback and rows["voter0"].weight == 1.0
+
+
+def test_rate_limits_are_waited_out_and_errors_are_clear(monkeypatch):
+    monkeypatch.setattr("flywheel.judge.chat.time.sleep", lambda seconds: None)
+    replies = iter([httpx.Response(429, headers={"Retry-After": "1"}),
+                    httpx.Response(503),
+                    httpx.Response(200, json={"choices": [{"message": {"content": "B"}}],
+                                              "usage": {"prompt_tokens": 9,
+                                                        "completion_tokens": 1}})])
+    seen = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return next(replies)
+
+    judge = ChatJudge("http://judge.test/v1", "m", rubric=load_rubric(), api_key="sk-1",
+                      transport=httpx.MockTransport(answer))
+    reply = judge.ask_pair("q", "one", "two")
+    assert (reply.verdict, reply.prompt_tokens, reply.completion_tokens) == (Verdict.b, 9, 1)
+    assert len(seen) == 3 and seen[0].headers["authorization"] == "Bearer sk-1"
+    assert json.loads(seen[0].content)["temperature"] == 0
+    broken = ChatJudge("http://judge.test/v1", "m", rubric=load_rubric(),
+                       transport=httpx.MockTransport(lambda r: httpx.Response(200, json={})))
+    with pytest.raises(FlywheelError, match="OpenAI chat format"):
+        broken.ask_single("q", "one")
+    refused = ChatJudge("http://judge.test/v1", "m", rubric=load_rubric(),
+                        transport=httpx.MockTransport(lambda r: httpx.Response(401)))
+    with pytest.raises(FlywheelError, match="answered 401"):
+        refused.ask_single("q", "one")
