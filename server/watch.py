@@ -1,16 +1,21 @@
 """Prometheus gauges of the live watch, computed when /metrics is scraped (at most once
-every `ttl_s`), over the window the worker judges by: the last 14 days, per adapter."""
+every `ttl_s`), over the window the worker judges by: the last 14 days, per adapter. A
+store that cannot be read leaves them out (logged); the other metrics still answer."""
 
+import logging
 import time
 from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from feedback.db import session_scope
 from feedback.queries.watch import WatchReport, watch_report
 from flywheel.settings import Settings
+
+log = logging.getLogger(__name__)
 
 FIGURES = {  # summary key -> (gauge name, help)
     "thumbs_up_rate": ("flywheel_watch_thumbs_up_rate", "Share of thumbs up on its answers"),
@@ -41,7 +46,11 @@ class WatchGauges(Collector):
         return self._report
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        report = self.report()
+        try:
+            report = self.report()
+        except SQLAlchemyError:  # the other metrics still answer
+            log.exception("the watch gauges could not be computed")
+            return
         for key, (name, text) in FIGURES.items():
             gauge = GaugeMetricFamily(name, f"{text}, last 14 days", labels=["adapter"])
             for version, totals in sorted(report.totals.items()):

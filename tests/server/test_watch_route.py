@@ -68,3 +68,14 @@ def test_bad_parameters_get_a_clear_error(client, operator_key, query):
     response = client.get(f"/api/watch?{query}", headers=bearer(operator_key))
     assert response.status_code == 422
     assert_error(response.json(), "invalid_request_error")
+
+
+
+def test_the_gauges_are_left_out_when_the_store_cannot_be_read(tmp_path):
+    from sqlalchemy import create_engine
+
+    from flywheel.settings import Settings
+    from server.watch import WatchGauges
+
+    gone = create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'flywheel.db'}")
+    assert list(WatchGauges(gone, Settings(data_dir=tmp_path)).collect()) == []
