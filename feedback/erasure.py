@@ -21,13 +21,14 @@
    expire).
 
 Exports written later come from the store, so they hold nothing of the user; copies made
-before are the operator's to delete. A transaction of the user's that commits in the instant
-between the erasure's commit and the log's rewrite could still append its lines after it.
+before are the operator's to delete. A transaction of the user's that committed just before
+the erasure but appends its lines only after the rewrite is caught: the lines appended
+since are read once the store is compacted, and if any is the user's, the log is rewritten
+again.
 """
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,9 +39,10 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, col, select
 
 from feedback.db import session_scope
-from feedback.eventlog import EventLog
+from feedback.erasure_log import EventLogEraser, blank_eval_report
+from feedback.eventlog import EventLog, records_from
 from feedback.formats import FormatError
-from feedback.logformat import KEYS, MODELS, REFERENCES, parse_time, utc
+from feedback.logformat import parse_time, utc
 from feedback.models import (
     Adapter,
     AnnotatorQuality,
@@ -63,7 +65,6 @@ from feedback.queries.users import get_user
 log = logging.getLogger(__name__)
 
 _one_at_a_time = threading.Lock()
-ERASED = "[erased]"  # what stands in an evaluation report where the user's prompt stood
 VACUUM_TRIES = 5
 
 
@@ -109,17 +110,23 @@ def _erase(engine: Engine, user_id: int, actor: str, event_log: Path | None) -> 
         if first is not None:
             report.reward_models, report.adapters = _mark_registry(
                 session, first, erasure_id=erasure.id, actor=actor)
-    if event_log is not None:
-        found = EventLogEraser(user_id, prompts)
-        removed = EventLog(event_log).rewrite(found.edit)
-        report.log_records_removed = found.removed
-        if removed.unreadable:
-            log.warning("dropped %d unreadable lines of %s while erasing", removed.unreadable,
-                        event_log)
-        if found.prompts - prompts:  # prompts of conversations deleted before: gone from
-            with session_scope(engine) as session:  # the store, not from the reports
-                _blank_eval_reports(session, found.prompts)
+    if event_log is None:
+        compact(engine)
+        return report
+    found = EventLogEraser(user_id, prompts)
+    rewritten = EventLog(event_log).rewrite(found.edit)
+    if rewritten.unreadable:
+        log.warning("dropped %d unreadable lines of %s while erasing", rewritten.unreadable,
+                    event_log)
+    if found.prompts - prompts:  # prompts of conversations deleted before: gone from the
+        with session_scope(engine) as session:  # store, not from the reports
+            _blank_eval_reports(session, found.prompts)
     compact(engine)
+    # A transaction of the user's that committed just before the erasure may append its
+    # lines only after the rewrite: then the log is rewritten once more.
+    if any(found.touches(record) for record in records_from(event_log, rewritten.size)):
+        EventLog(event_log).rewrite(found.edit)
+    report.log_records_removed = found.removed
     return report
 
 
@@ -219,121 +226,6 @@ def _blank_eval_reports(session: Session, prompts: set[str]) -> None:
             adapter.eval_report = blanked
             session.add(adapter)
     session.flush()
-
-
-def blank_eval_report(report: Any, prompts: set[str]) -> Any:
-    """The report with each sample whose prompt is one of `prompts` blanked out (prompt
-    and answers), in its samples and its markdown; the same object if none is."""
-    samples = report.get("samples") if isinstance(report, dict) else None
-    if not isinstance(samples, list):
-        return report
-    hit = [s for s in samples if isinstance(s, dict) and s.get("prompt") in prompts]
-    if not hit:
-        return report
-    markdown = report.get("markdown")
-    if isinstance(markdown, str):
-        lines = markdown.split("\n")
-        for sample in hit:
-            lines = [_blank_line(line, sample) for line in lines]
-        markdown = "\n".join(lines)
-    blank = {"prompt": ERASED, "candidate": ERASED, "baseline": ERASED}
-    return {**report, "markdown": markdown,
-            "samples": [{**s, **blank} if s in hit else s for s in samples]}
-
-
-def _blank_line(line: str, sample: dict[str, Any]) -> str:
-    """A markdown line of the report (`evaluate.render_markdown`) with the sample's prompt
-    and answers blanked."""
-    if line == f"**Prompt:** {sample['prompt']}":
-        return f"**Prompt:** {ERASED}"
-    for side in ("candidate", "baseline"):
-        answer = sample.get(side)
-        if isinstance(answer, str) and line.startswith(f"- {side} (") \
-                and line.endswith(f"): {answer}"):
-            return line[:len(line) - len(answer)] + ERASED
-    return line
-
-
-# -- the event log -------------------------------------------------------------------------
-
-
-def _log_references() -> dict[str, tuple[dict[str, str], dict[str, str]]]:
-    """For each record type: the fields whose erased target takes the record with it
-    (foreign keys ON DELETE CASCADE, the key of a row keyed by its user, and id lists),
-    and those that are only emptied (ON DELETE SET NULL)."""
-    tables = {model.__table__.name: kind for kind, model in MODELS.items()}
-    found = {}
-    for kind, model in MODELS.items():
-        cascade, set_null = {}, {}
-        for column in model.__table__.columns:
-            for key in column.foreign_keys:
-                target = tables.get(key.column.table.name)
-                if target is not None:
-                    ondelete = (key.ondelete or "").upper()
-                    (set_null if ondelete == "SET NULL" else cascade)[column.name] = target
-        for name, target in REFERENCES[kind].items():
-            if name not in set_null:
-                cascade[name] = target
-        found[kind] = (cascade, set_null)
-    return found
-
-
-class EventLogEraser:
-    """`EventLog.rewrite`'s edit for one erased user: a first pass finds every row that
-    went with the user (records refer only to records above them), a second writes the
-    others, with references to erased rows that the store set to NULL emptied and the
-    user's prompts blanked out of adapters' evaluation reports."""
-
-    def __init__(self, user_id: int, prompts: set[str]) -> None:
-        self.erased: dict[str, set[int]] = {kind: set() for kind in MODELS}
-        self.erased["user"].add(user_id)
-        self.prompts = set(prompts)
-        self.removed = 0
-        self.references = _log_references()
-
-    def edit(self, records: Callable[[], Iterator[dict[str, Any]]]
-             ) -> Iterator[dict[str, Any]]:
-        for record in records():
-            self._plan(record)
-        for record in records():
-            kept = self._keep(record)
-            if kept is None:
-                self.removed += 1
-            else:
-                yield kept
-
-    def _key(self, record: dict[str, Any]) -> tuple[str, Any] | tuple[None, None]:
-        kind = record.get("type")
-        return (kind, record.get(KEYS[kind])) if kind in MODELS else (None, None)
-
-    def _plan(self, record: dict[str, Any]) -> None:
-        kind, key = self._key(record)
-        if kind is None or record.get("deleted") is True:
-            return
-        cascade, _ = self.references[kind]
-        if any(self._hits(record.get(name), target) for name, target in cascade.items()):
-            self.erased[kind].add(key)
-        if (kind == "message" and key in self.erased["message"]
-                and record.get("role") == MessageRole.user
-                and isinstance(record.get("content"), str)):
-            self.prompts.add(record["content"])
-
-    def _hits(self, value: Any, target: str) -> bool:
-        refs = value if isinstance(value, list) else [value]
-        return any(ref in self.erased[target] for ref in refs if ref is not None)
-
-    def _keep(self, record: dict[str, Any]) -> dict[str, Any] | None:
-        kind, key = self._key(record)
-        if kind is None:
-            return record
-        if key in self.erased[kind] or (KEYS[kind] != "id" and key in self.erased["user"]):
-            return None
-        _, set_null = self.references[kind]
-        emptied = {name: None for name, target in set_null.items()
-                   if self._hits(record.get(name), target)}
-        if kind == "adapter" and record.get("eval_report") is not None:
-            emptied["eval_report"] = blank_eval_report(record["eval_report"], self.prompts)
-        return {**record, **emptied} if emptied else record
 
 
 # -- the database files ------------------------------------------------------------------

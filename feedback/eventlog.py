@@ -56,11 +56,30 @@ TABLES = {model.__table__.name: kind for kind, model in MODELS.items()}
 RANK = {kind: rank for rank, kind in enumerate(MODELS)}
 
 
+def records_from(path: Path, offset: int) -> Iterator[dict[str, Any]]:
+    """The whole records of the file at `path` from byte `offset` on (no lock: appends
+    are whole lines; a line still being written is left out)."""
+    try:
+        with open(path, "rb") as source:
+            source.seek(offset)
+            for raw in source:
+                if raw.endswith(b"\n"):
+                    try:
+                        record = json.loads(raw)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict):
+                        yield record
+    except FileNotFoundError:
+        return
+
+
 @dataclass
 class RewriteReport:
     read: int = 0  # records read on the last pass
     written: int = 0
     unreadable: int = 0  # lines dropped on the last pass: not JSON objects
+    size: int = 0  # bytes of the new file (what is beyond was appended after)
 
 
 class EventLog:
@@ -110,6 +129,7 @@ class EventLog:
                     report.written += 1
                 target.flush()
                 os.fsync(target.fileno())
+                report.size = target.tell()
             os.replace(temp, self.path)
             _fsync_dir(self.path.parent)
         finally:

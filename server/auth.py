@@ -4,8 +4,12 @@ A browser with neither is anonymous, and its reads leave no trace: it owns nothi
 they find nothing. Its anonymous user and the signed, HttpOnly session cookie that names
 it are made when it first needs them: its first answer (`/v1/chat/completions`), its chat
 websocket (the handshake is the one moment a socket can set a cookie), or `GET /api/me`,
-the web UI's explicit first step. An API key that is given but unknown is refused (401),
-never silently downgraded to an anonymous session.
+the web UI's explicit first step. An API key that is given but unknown (or rotated,
+revoked, expired) is refused (401), never silently downgraded to an anonymous session;
+every request reads the key's user, so a revoked key is refused by every server at once.
+
+Roles: `operator` routes (adapters, reward models, review) take operators' and admins'
+keys; `admin` routes (users and keys) only admins'.
 """
 
 import asyncio

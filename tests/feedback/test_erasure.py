@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
+from feedback import erasure as erasure_module
 from feedback.db import open_store, session_scope
-from feedback.erasure import ERASED, blank_eval_report, erase_user
+from feedback.erasure import erase_user
+from feedback.erasure_log import ERASED, blank_eval_report
 from feedback.errors import NotFound
+from feedback.eventlog import EventLog
 from feedback.exporter import export_feedback
 from feedback.importer import import_file
 from feedback.models import Adapter, AuditEvent, Erasure, Message, RewardModelVersion, User
@@ -205,3 +208,20 @@ def test_an_eval_report_without_the_prompts_is_left_as_it_is():
     assert blanked["markdown"].splitlines()[0] == f"**Prompt:** {ERASED}"
     assert blanked["markdown"].splitlines()[2] == f"- candidate (+1.00): {ERASED}"
     assert blanked["samples"][0]["candidate_reward"] == 1.0
+
+
+def test_lines_of_the_user_appended_after_the_rewrite_are_erased_too(populated, monkeypatch):
+    engine, data_dir, log, secret, alice, _ = populated
+    compact = erasure_module.compact
+
+    def late_append(engine):  # a transaction of alice's that committed just before
+        late = {"type": "conversation", "id": 10_000, "user_id": alice, "title": secret}
+        EventLog(log).append([late])
+        compact(engine)
+
+    monkeypatch.setattr(erasure_module, "compact", late_append)
+    erase_user(engine, user_id=alice, actor="root", event_log=log)
+
+    assert secret.encode() not in log.read_bytes()
+    records = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    assert [r["type"] for r in records].count("erasure") == 1
