@@ -10,6 +10,12 @@ chats and votes through the server's real websocket and REST API in rounds of ab
 next round waits for that cycle to end, so each round's users meet the newest live adapter.
 It stops before a round would take it past `--votes` votes, or at `--minutes` minutes.
 
+With `--ai-judge module:function` (e.g. flywheel.judge.functions:kindness_80), a judge
+(`flywheel.judge`, a user with role judge) judges `--ai-judge-share` of the turns as they
+come, voting through the same routes; its votes are AI feedback, weighted by its measured
+agreement with the crowd (each cycle's record holds its weight then), their share of the
+training pairs capped at `--ai-feedback-max-share`.
+
 Then every promoted adapter is judged side by side against the base model on `--judge`
 fresh prompts: both answer (sampled as the server samples, temperature 0.7) and the
 preference picks; a tie counts half. Prints one JSON line:
@@ -33,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,8 +48,11 @@ import torch
 
 from feedback.db import open_store, session_scope
 from feedback.queries import adapters as registry
-from feedback.queries import runs
+from feedback.queries import runs, users
 from flywheel.adapter_store import AdapterStore
+from flywheel.api_keys import hash_api_key, new_api_key
+from flywheel.judge.functions import FunctionJudge
+from flywheel.judge.runner import JudgeRunner
 from flywheel.model_loading import load_model
 from flywheel.simulate import run_crowd
 from flywheel.simulate.preferences import load_preference
@@ -81,6 +91,11 @@ def main() -> None:
                         help='JSON merged into the cycle recipe by section, e.g. '
                              '\'{"ppo": {"beta": 0.01}}\'')
     parser.add_argument("--data-dir", type=Path, help="keep the run here (default: a temp dir)")
+    parser.add_argument("--ai-judge", help="a judge function (module:function) voting too")
+    parser.add_argument("--ai-judge-share", type=float, default=1.0,
+                        help="share of turns the judge judges")
+    parser.add_argument("--ai-feedback-max-share", type=float, default=0.25,
+                        help="cap on the judge's share of training pairs")
     args = parser.parse_args()
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="flywheel-loop-"))
@@ -90,11 +105,15 @@ def main() -> None:
         recipe[name] = {**recipe.get(name, {}), **value} if isinstance(value, dict) else value
     (data_dir / "cycle.json").write_text(json.dumps(recipe))
     port = _free_port()
-    server = _start_up(data_dir, port, min_feedback=int(args.round_votes * 0.9))
+    server = _start_up(data_dir, port, min_feedback=int(args.round_votes * 0.9),
+                       ai_feedback_max_share=args.ai_feedback_max_share)
     url = f"http://127.0.0.1:{port}"
+    judging = None
     try:
         _wait_healthy(url, server)
         engine = open_store(f"sqlite:///{(data_dir / 'flywheel.db').resolve()}")
+        if args.ai_judge:
+            judging = AIJudge(engine, url, args.ai_judge, share=args.ai_judge_share)
         started, votes, cycles, crowd = time.monotonic(), 0, [], []
         deadline = started + args.minutes * 60
         round_no = 0
@@ -114,11 +133,15 @@ def main() -> None:
             cycle = _wait_for_cycle(engine, after=len(cycles), deadline=deadline)
             if cycle is not None:
                 cycle["minutes"] = round((time.monotonic() - started) / 60, 2)
+                if judging is not None:
+                    cycle["judge"] = judging.runner.report()["agreement_with_people"]
                 cycles.append(cycle)
                 print(f"  cycle {cycle['run_id']}: {cycle['status']} {cycle['version']} "
                       f"promoted={cycle['promoted']}", file=sys.stderr, flush=True)
         minutes = (time.monotonic() - started) / 60
     finally:
+        if judging is not None:
+            judging.stop()
         server.send_signal(signal.SIGINT)
         try:
             server.wait(timeout=60)
@@ -139,17 +162,43 @@ def main() -> None:
         "kl_cap": KL_CAP, "votes": votes, "minutes": round(minutes, 2), "cycles": len(cycles),
         "promoted": len(promoted), "careless": args.careless, "adversarial": args.adversarial,
         "preference": args.preference, "recipe": recipe,
+        "ai_judge": judging.runner.report() if judging is not None else None,
         "crowd": {"turns": sum(c["turns"] for c in crowd),
                   "errors": sum(c["errors"] for c in crowd),
                   "turns_per_s": [c["turns_per_s"] for c in crowd]},
         "cycle_runs": [{k: c[k] for k in ("run_id", "status", "version", "promoted", "minutes",
                                           "votes_used", "reward_accuracy", "rm_win_rate",
-                                          "kl_to_base")} for c in cycles],
+                                          "kl_to_base", "judge") if k in c} for c in cycles],
         "data_dir": str(data_dir)}))
 
 
-def _start_up(data_dir: Path, port: int, *, min_feedback: int) -> subprocess.Popen:
-    env = {**os.environ, "FLYWHEEL_DATA_DIR": str(data_dir), "FLYWHEEL_PORT": str(port),
+class AIJudge:
+    """A function judge that judges new turns every second, in a thread of its own."""
+
+    def __init__(self, engine, url: str, function: str, *, share: float) -> None:
+        key = new_api_key()
+        with session_scope(engine) as session:
+            users.create_user(session, handle="ai-judge", role="judge",
+                              api_key_hash=hash_api_key(key))
+        self.runner = JudgeRunner(FunctionJudge(function), engine, url, key, share=share)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="ai-judge", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            self.runner.run_pass(limit=1000)
+            self.stopping.wait(1.0)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=60)
+
+
+def _start_up(data_dir: Path, port: int, *, min_feedback: int,
+              ai_feedback_max_share: float) -> subprocess.Popen:
+    env = {**os.environ, "FLYWHEEL_AI_FEEDBACK_MAX_SHARE": str(ai_feedback_max_share),
+           "FLYWHEEL_DATA_DIR": str(data_dir), "FLYWHEEL_PORT": str(port),
            "FLYWHEEL_AUTO_PROMOTE": "true", "FLYWHEEL_AUTO_PROMOTE_MAX_KL": str(KL_CAP),
            "FLYWHEEL_CYCLE_INTERVAL_S": "5", "FLYWHEEL_CYCLE_MIN_FEEDBACK": str(min_feedback),
            "FLYWHEEL_CYCLE_CONFIG": str(data_dir / "cycle.json"),

@@ -135,6 +135,7 @@ class RewardModelStatus(StrEnum):
 class RunKind(StrEnum):
     reward = "reward"
     ppo = "ppo"
+    dpo = "dpo"  # `flywheel train dpo`
     eval = "eval"
     cycle = "cycle"
 

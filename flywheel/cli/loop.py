@@ -105,7 +105,7 @@ def _cell(value) -> str:
 
 
 @runs_app.command("list")
-def list_runs(kind: Annotated[str | None, typer.Option(help="reward, ppo, eval or cycle")]
+def list_runs(kind: Annotated[str | None, typer.Option(help="reward, ppo, dpo, eval or cycle")]
               = None, db: DbOption = None, data_dir: DataDirOption = None) -> None:
     """The newest training runs first."""
     from feedback.db import open_store, session_scope

@@ -1,4 +1,5 @@
-"""Training and evaluation commands: `train reward`, `eval reward` (and `train ppo`)."""
+"""Training and evaluation commands: `train reward`, `eval reward`; what every training
+command shares (`--processes`). The policy's are in policy_training.py."""
 
 import json
 from enum import StrEnum
@@ -69,7 +70,7 @@ def train_reward(
     from trainer.distributed import on_main
     from trainer.reward import RewardConfig, register_reward_model, train_reward_model
 
-    dp, device = _data_parallel(ctx, processes)
+    dp, device = run_on_processes(ctx, processes)
     settings = settings_from(db=db, data_dir=data_dir, model=model)
     engine = (open_store(settings.db_url, event_log=settings.event_log_path)  # rank 0's alone
               if dp.is_main and (data is None or out is None) else None)
@@ -150,120 +151,7 @@ def eval_reward(
     typer.echo(json.dumps({**metrics, "model": str(model), "data": str(data)}))
 
 
-@train_app.command("ppo")
-def train_ppo_command(
-    ctx: typer.Context,
-    reward_model: Annotated[Path | None, typer.Option(
-        "--reward-model", help="A saved reward model directory. \\[default: the current one "
-        "in the registry]", show_default=False)] = None,
-    prompts: Annotated[Path | None, typer.Option(
-        "--prompts", help="JSON lines (optionally .gz) with a `prompt` (a string or a message "
-        "list) per line. \\[default: real user turns from the feedback store]",
-        show_default=False)] = None,
-    steps: Annotated[int, typer.Option(min=1, help="PPO steps (rollout + updates).")] = 50,
-    batch_size: Annotated[int, typer.Option(min=1, help="Answers per rollout.")] = 16,
-    lr: Annotated[float, typer.Option(help="Learning rate of the LoRA weights.")] = 1e-4,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length.")] = 64,
-    beta: Annotated[float, typer.Option(help="KL coefficient in the reward.")] = 0.05,
-    kl_cap: Annotated[float, typer.Option(help="Stop when the KL per answer passes this.")]
-    = 8.0,
-    prompt_limit: Annotated[int, typer.Option(min=1, help="User turns read from the store.")]
-    = 512,
-    warm_start: Annotated[bool, typer.Option(
-        help="Start from the live adapter (else a fresh LoRA).")] = True,
-    version: Annotated[str | None, typer.Option(
-        "--version", "--out", help="The new adapter's version. \\[default: the next policy-vN]",
-        show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seeds sampling, prompt order and the init.")] = 0,
-    processes: ProcessesOption = 1,
-    db: DbOption = None,
-    data_dir: DataDirOption = None,
-    model: ModelOption = None,
-) -> None:
-    """Train the policy's LoRA adapter with PPO against a reward model, save it to the adapter
-    store and register it as "training" (the cycle decides what it becomes). Prints a line
-    per step and, last, one JSON line."""
-    from dataclasses import asdict
-
-    from feedback.db import open_store, session_scope
-    from feedback.queries import adapters as registry
-    from feedback.queries import runs
-    from flywheel.adapter_store import AdapterStore
-    from flywheel.model_loading import load_model
-    from trainer.data import user_prompts
-    from trainer.distributed import on_main
-    from trainer.ppo import PPOConfig, prepare_policy, train_ppo
-    from trainer.reward import RewardModel, current_reward_model, registered_version
-
-    dp, device = _data_parallel(ctx, processes)
-    settings = settings_from(db=db, data_dir=data_dir, model=model)
-    engine = (open_store(settings.db_url, event_log=settings.event_log_path)  # rank 0's alone
-              if dp.is_main else None)
-    store = AdapterStore(settings.adapters_dir)
-    config = PPOConfig(steps=steps, batch_size=batch_size, minibatch_size=min(8, batch_size),
-                       learning_rate=lr, max_new_tokens=max_new_tokens, beta=beta,
-                       kl_cap=kl_cap, seed=seed)
-
-    def read() -> tuple:  # on rank 0; every rank gets its result
-        scorer_path = reward_model or current_reward_model(engine, settings.data_dir)
-        if scorer_path is None:
-            raise FlywheelError("no reward model: train one with `flywheel train reward` or "
-                                "pass --reward-model")
-        if prompts is not None:
-            turns, source = _read_prompts(prompts), str(prompts)
-        else:
-            turns, source = user_prompts(engine, limit=prompt_limit, seed=seed), "feedback store"
-        if not turns:
-            raise FlywheelError(f"no prompts to train on in the {source}")
-        if batch_size < dp.world_size:
-            raise FlywheelError(f"--batch-size {batch_size} is less than the "
-                                f"{dp.world_size} processes: each needs a prompt a step")
-        with session_scope(engine) as session:
-            live = registry.live_adapter(session) if warm_start else None
-            parent = live.version if live else None
-        return scorer_path, turns, source, parent, version or store.next_version()
-
-    reward_model, turns, source, parent, version = on_main(dp, read)
-    if dp.is_main:
-        rm_version = registered_version(engine, settings.data_dir, reward_model)
-        with session_scope(engine) as session:
-            run_id = runs.start_run(session, kind="ppo", config={
-                **asdict(config), "reward_model": str(reward_model), "warm_start": parent,
-                "processes": dp.world_size},
-                data_window={"prompts": len(turns), "source": source}).id
-    try:
-        loaded = load_model(settings.model, models_dir=settings.models_dir, device=device)
-        scorer = RewardModel.load(reward_model, models_dir=settings.models_dir, device=device)
-        policy = prepare_policy(loaded.model, config, store=store, warm_start=parent)
-        if dp.is_main:
-            typer.echo(f"PPO on {len(turns)} prompts from the {source}, "
-                       f"{'warm start from ' + parent if parent else 'fresh LoRA'}"
-                       + (f", on {dp.world_size} processes" if dp.world_size > 1 else ""))
-        result = train_ppo(policy, loaded.tokenizer, turns, lambda p, c: scorer.score(p, c),
-                           config, on_step=_print_step if dp.is_main else None)
-        if not dp.is_main:  # rank 0 saves and registers
-            return
-        stored = store.save(result.model, version, adapter_name="default", parent=parent,
-                            base_model=settings.model)
-        summary = {"adapter": version, "stop_reason": result.stop_reason,
-                   "steps": len(result.metrics), "final": result.metrics[-1],
-                   "timings": result.timings}
-        with session_scope(engine) as session:
-            registry.register_adapter(session, version=version, base_model=settings.model,
-                                      path=str(stored.path), sha256=stored.sha256,
-                                      parent_version=parent, status="training",
-                                      reward_model_version=rm_version)
-            runs.finish_run(session, run_id=run_id, metrics=summary, adapter_version=version)
-    except BaseException as e:
-        if dp.is_main:
-            with session_scope(engine) as session:
-                runs.fail_run(session, run_id=run_id, error=f"{type(e).__name__}: {e}")
-        raise
-    typer.echo(f"saved adapter {version} to {stored.path} (registered as training)")
-    typer.echo(json.dumps(summary))
-
-
-def _data_parallel(ctx: typer.Context, processes: int):
+def run_on_processes(ctx: typer.Context, processes: int):
     """(this process's place among the ranks, its device) for a training command: with
     `processes` > 1 the command line runs again under torchrun and this process exits with
     its code; under torchrun it joins the process group (left when the command ends)."""
@@ -289,30 +177,3 @@ def _command_line(ctx: typer.Context) -> list[str]:
         else:
             argv += [param.opts[0], str(value)]
     return argv
-
-
-def _print_step(log: dict[str, float]) -> None:
-    keys = ("score", "kl", "kl_k3", "entropy", "clip_fraction", "value_loss", "response_length")
-    figures = "  ".join(f"{k} {log[k]:.3f}" for k in keys if k in log)
-    typer.echo(f"step {int(log['step'])}: {figures}" + ("  (KL cap: stopped)"
-                                                       if log.get("stopped") else ""))
-
-
-def _read_prompts(path: Path) -> list[list[dict[str, str]]]:
-    """The `prompt` of every line: a string becomes one user turn."""
-    from feedback.formats import FormatError, iter_lines, parse_json
-
-    turns = []
-    try:
-        for number, raw in iter_lines(path):
-            row = parse_json(raw, first=number == 1)
-            prompt = row.get("prompt") if isinstance(row, dict) else None
-            if isinstance(prompt, str) and prompt.strip():
-                turns.append([{"role": "user", "content": prompt}])
-            elif isinstance(prompt, list) and prompt:
-                turns.append([{"role": m["role"], "content": m["content"]} for m in prompt])
-            else:
-                raise FormatError(f"{path}:{number}: no `prompt` (a string or a message list)")
-    except (FormatError, KeyError, TypeError) as e:
-        raise FlywheelError(f"cannot read prompts: {e}") from None
-    return turns

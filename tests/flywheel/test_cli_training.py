@@ -102,6 +102,8 @@ def test_processes_runs_the_same_command_line_under_torchrun(monkeypatch, data_f
                              "policy-lora", "--epochs", "2", "--data-dir", str(tmp_path)])]
     result = flywheel_cli("train", "ppo", "--processes", 4, "--no-warm-start", "--seed", 5)
     assert launched[1] == (4, ["train", "ppo", "--no-warm-start", "--seed", "5"])
+    flywheel_cli("train", "dpo", "--processes", 2, "--beta", 0.2)
+    assert launched[2] == (2, ["train", "dpo", "--beta", "0.2"])
 
 
 @pytest.mark.slow
