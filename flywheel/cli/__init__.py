@@ -17,7 +17,7 @@ from flywheel.cli import (
     judge,
     leaderboard,
     loop,
-    policy_training,  # registers `train ppo` and `train dpo` on training's `train` group
+    policy_training,
     replay,
     review,
     reward_models,
@@ -66,5 +66,7 @@ app.command("simulate")(simulate.simulate)
 app.command("judge")(judge.judge)
 app.command("leaderboard")(leaderboard.leaderboard)
 app.command("watch")(watch.watch)
+training.train_app.command("ppo")(policy_training.train_ppo_command)
+training.train_app.command("dpo")(policy_training.train_dpo_command)
 app.add_typer(training.train_app, name="train")
 app.add_typer(training.eval_app, name="eval")
