@@ -152,9 +152,11 @@ def test_the_log_holds_every_record_and_no_secret(store, tmp_path):
     kinds = [record["type"] for record in records]
     assert kinds == ["user"] * 2 + ["conversation"] * 2 + ["message"] * 9 + ["rating"] * 3 + [
         "comparison"] * 6 + ["rewrite", "flag"]
-    assert all("api_key_hash" not in record for record in records)
+    assert all("api_key_hash" not in record and "api_key_last_used_at" not in record
+               for record in records)
     assert records[0] == {"type": "user", "id": 1, "handle": "alice", "role": "user",
-                          "created_at": records[0]["created_at"]}
+                          "created_at": records[0]["created_at"], "api_key_expires_at": None,
+                          "api_key_revoked_at": None}
     assert records[6]["sampling"] == {"temperature": 0.7} and records[6]["seed"] == 0
     ranked, undecided = records[-4], records[-3]
     assert ranked["ranking"] == [5, 3, 4] and ranked["choice"] is None
