@@ -399,6 +399,17 @@ async function deleteConversation(c) {
   }
 }
 
+// Erase everything this browser's user wrote or voted (DELETE /api/me), then start afresh.
+async function eraseMe() {
+  if (!confirm("Delete all your conversations and votes, for good? This cannot be undone.")) return;
+  try {
+    await api("/api/me", { method: "DELETE" });
+    location.replace(location.pathname);
+  } catch (error) {
+    showBanner(describeError(error));
+  }
+}
+
 function newChat() {
   if (state.turn) stopTurn();
   state.conversationId = null;
@@ -501,6 +512,7 @@ function bindComposer() {
     if (event.key === "Escape" && state.turn && !document.querySelector("dialog[open]")) stopTurn();
   });
   $("new-chat").addEventListener("click", newChat);
+  $("erase-me").addEventListener("click", eraseMe);
   $("toggle-sidebar").addEventListener("click", () => {
     const open = document.body.classList.toggle("sidebar-open");
     $("toggle-sidebar").setAttribute("aria-expanded", String(open));
