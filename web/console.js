@@ -2,7 +2,8 @@
 // win rate with its interval, canary share), approve / reject / promote / roll back with
 // confirmation, the leaderboard, the live watch after a promotion, feedback volume and
 // reward-model accuracy charts, the reward models, the annotators, the review queue, the
-// feedback browser, and training runs with their step logs and charts.
+// feedback browser, training runs with their step logs and charts, and (for admins) users
+// and their keys.
 import { annotatorsPanel } from "./annotators.js";
 import { api, describeError, h } from "./api.js";
 import {
@@ -13,6 +14,7 @@ import { leaderboardPanel } from "./leaderboard.js";
 import { renderMarkdown } from "./markdown.js";
 import { reviewPanel } from "./review.js";
 import { erasedDataPill, rewardModelsPanel } from "./reward-models.js";
+import { usersPanel } from "./users.js";
 import { watchPanel } from "./watch.js";
 
 const $ = (id) => document.getElementById(id);
@@ -204,6 +206,21 @@ async function loadRuns() {
 const browser = feedbackBrowser({ api: operatorApi });
 const review = reviewPanel({ api: operatorApi, confirm: confirmAction, onError: showBanner });
 
+const users = usersPanel({ api: operatorApi, confirm: confirmAction,
+  onError: (error) => showBanner(describeError(error)) });
+
+// Admins only: the panel shows when GET /api/users answers, and stays hidden on a 403.
+async function loadUsers() {
+  try {
+    await users.load();
+    $("users").replaceChildren(users.element);
+    $("users-section").hidden = false;
+  } catch (error) {
+    $("users-section").hidden = true;
+    if (error.status !== 403) throw error;
+  }
+}
+
 async function loadRewardModels() {
   $("reward-models").replaceChildren(await rewardModelsPanel({ api: operatorApi }));
 }
@@ -233,7 +250,7 @@ async function refresh() {
   try {
     await Promise.all([loadAdapters(), loadRuns(), loadVolume(), loadRewardModels(),
       loadAnnotators(), loadLeaderboard(), loadWatch(), browser.load(),
-      review.load()]);
+      review.load(), loadUsers()]);
     showSections(true);
     $("banner").hidden = true;
   } catch (error) {
@@ -257,6 +274,7 @@ function main() {
     sessionStorage.removeItem(KEY);
     key = "";
     showSections(false);
+    $("users-section").hidden = true;
   });
   $("rollback").addEventListener("click", () => act("rollback"));
   $("refresh").addEventListener("click", refresh);
