@@ -1,20 +1,21 @@
 """Serving benchmark: the real server, driven through its OpenAI API by the openai SDK,
 against the same model's in-process `generate`. Prints one JSON line of figures.
 
-    python bench/serve.py [--model demo] [--tokens 64] [--rounds 3] [--no-hf-serve]
+    python bench/serve.py [--model demo] [--tokens 64] [--rounds 3] [--streams 1,4,16]
+                          [--no-hf-serve]
 
 Figures (medians over rounds, measured side by side in one run):
   generate_tps            in-process `model.generate`, one sequence
   server_tps_1            one stream through the server (streaming SSE)
   single_stream_ratio     server_tps_1 / generate_tps                  (target >= 0.9)
-  server_tps_4, _16       aggregate tokens/s with 4 and 16 concurrent streams
-  scaling_16x             server_tps_16 / server_tps_1                 (target >= 4)
-  generate_batch16_tps    in-process batched `generate` of 16, for scale
+  server_tps_N            aggregate tokens/s with N concurrent streams (--streams: 4, 16)
+  scaling_Nx              server_tps_N / server_tps_1                  (target >= 4 at 16)
+  generate_batchN_tps     in-process batched `generate` of N, for scale
   ttft_p50_ms, ttft_p99_ms   time to first token over every stream
   server_peak_rss_mb      the server process's peak resident memory
-  hf_serve_tps_1/_4/_16   the same, through `transformers serve` on the same model
+  hf_serve_tps_N          the same, through `transformers serve` on the same model
   hf_serve_cb_tps_*       …with its continuous batching (`--continuous-batching`)
-  hf_serve_*scaling_16x   their 16 streams / one stream
+  hf_serve_*scaling_Nx    their N streams / one stream
 """
 
 import argparse
@@ -58,7 +59,10 @@ def wait_healthy(process: subprocess.Popen, url: str) -> subprocess.Popen:
 
 def start_transformers_serve(model_dir: Path, port: int, continuous: bool,
                              log: Path) -> subprocess.Popen:
-    command = ["transformers", "serve", str(model_dir), "--port", str(port), "--device",
+    # The CLI beside this interpreter (a virtual environment need not be on PATH).
+    beside = Path(sys.executable).parent / "transformers"
+    command = [str(beside) if beside.exists() else "transformers", "serve", str(model_dir),
+               "--port", str(port), "--device",
                "cpu", "--continuous-batching" if continuous else "--no-continuous-batching"]
     process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                                stdout=subprocess.DEVNULL, stderr=log.open("w"))
@@ -131,7 +135,7 @@ def transformers_serve_figures(name: str, model_dir: Path, continuous: bool, arg
     try:
         asyncio.run(server_round(base_url, 1, args.tokens, model=model))  # warm-up
         for _ in range(args.rounds):
-            for streams in (1, 4, 16):
+            for streams in args.streams:
                 tps, _ = asyncio.run(server_round(base_url, streams, args.tokens, model=model))
                 figures.setdefault(f"{name}_tps_{streams}", []).append(tps)
     except openai.OpenAIError as e:
@@ -161,13 +165,17 @@ def main() -> None:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--streams", default="1,4,16",
+                        type=lambda v: sorted({1, *map(int, v.split(","))}),
+                        help="concurrent streams to measure, comma-separated (1 always; "
+                             "e.g. 1,16,64 on a GPU)")
     parser.add_argument("--no-hf-serve", dest="hf_serve", action="store_false",
                         help="skip `transformers serve` (measured after the server)")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     loaded = load_model(args.model, models_dir=data_dir / "models")
-    for batch in (1, 16, 1):  # warm-up: the first calls pay for allocation and kernels
+    for batch in (1, max(args.streams), 1):  # warm-up: allocation and kernels
         generate_tps(loaded, args.tokens, batch)
     key = create_key(data_dir)
     port = free_port()
@@ -176,13 +184,14 @@ def main() -> None:
     figures: dict[str, list[float]] = {}
     ttfts: list[float] = []
     try:
-        for streams in (1, 16):  # warm-up
+        for streams in (1, max(args.streams)):  # warm-up
             asyncio.run(server_round(base_url, streams, args.tokens, key))
         for _ in range(args.rounds):  # interleaved, so drift hits every figure alike
             figures.setdefault("generate_tps", []).append(generate_tps(loaded, args.tokens, 1))
-            figures.setdefault("generate_batch16_tps", []).append(
-                generate_tps(loaded, args.tokens, 16))
-            for streams in (1, 4, 16):
+            for batch in args.streams[1:]:
+                figures.setdefault(f"generate_batch{batch}_tps", []).append(
+                    generate_tps(loaded, args.tokens, batch))
+            for streams in args.streams:
                 tps, firsts = asyncio.run(server_round(base_url, streams, args.tokens, key))
                 figures.setdefault(f"server_tps_{streams}", []).append(tps)
                 ttfts += firsts
@@ -204,10 +213,13 @@ def main() -> None:
         "device": str(loaded.device), "threads": torch.get_num_threads(),
         **{name: round(value, 1) for name, value in med.items()},
         "single_stream_ratio": round(med["server_tps_1"] / med["generate_tps"], 3),
-        "scaling_16x": round(med["server_tps_16"] / med["server_tps_1"], 2),
-        "generate_scaling_16x": round(med["generate_batch16_tps"] / med["generate_tps"], 2),
-        **{f"{name}_scaling_16x": round(med[f"{name}_tps_16"] / med[f"{name}_tps_1"], 2)
-           for name in ("hf_serve", "hf_serve_cb") if f"{name}_tps_16" in med},
+        **{f"scaling_{n}x": round(med[f"server_tps_{n}"] / med["server_tps_1"], 2)
+           for n in args.streams[1:]},
+        **{f"generate_scaling_{n}x": round(med[f"generate_batch{n}_tps"] / med["generate_tps"],
+                                           2) for n in args.streams[1:]},
+        **{f"{name}_scaling_{n}x": round(med[f"{name}_tps_{n}"] / med[f"{name}_tps_1"], 2)
+           for name in ("hf_serve", "hf_serve_cb") for n in args.streams[1:]
+           if f"{name}_tps_{n}" in med},
         "ttft_p50_ms": round(1000 * ttfts[len(ttfts) // 2], 1),
         "ttft_p99_ms": round(1000 * ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))], 1),
         "server_peak_rss_mb": round(peak, 1),
