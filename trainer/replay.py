@@ -24,6 +24,7 @@ from feedback.db import open_store, session_scope
 from feedback.formats import Progress
 from feedback.models import MessageRole
 from feedback.queries.conversations import iter_messages, message_paths
+from feedback.queries.exclusions import training_filter
 from feedback.replay import replay_log
 from feedback.stats import paired_mean_ci
 from flywheel.adapter_store import AdapterStore
@@ -94,18 +95,21 @@ def replay_answers(settings: Settings, log_path: str | Path, *, adapter: str,
 
 
 def logged_answers(log_path: str | Path, *, limit: int | None = None) -> list[LoggedAnswer]:
-    """The log's assistant answers to user turns, oldest first, with their threads."""
+    """The log's assistant answers to user turns, oldest first, with their threads; none
+    whose thread holds a message that operators excluded or redacted."""
     with tempfile.TemporaryDirectory(prefix="flywheel-replay-") as temp:
         engine = open_store(f"sqlite:///{Path(temp) / 'log.db'}")
         try:
             replay_log(engine, log_path)
             with session_scope(engine) as session:
+                kept = training_filter(session)
                 ids = [m.id for m in iter_messages(session) if m.role == MessageRole.assistant]
                 paths = message_paths(session, message_ids=ids)
                 found = []
                 for message_id in ids:
                     path = paths[message_id]
-                    if len(path) >= 2 and path[-2].role == MessageRole.user:
+                    if (len(path) >= 2 and path[-2].role == MessageRole.user
+                            and all(kept.keeps_message(m.id) for m in path)):
                         found.append(LoggedAnswer(
                             message_id, path[-1].adapter_version or "base",
                             [{"role": m.role, "content": m.content} for m in path[:-1]],

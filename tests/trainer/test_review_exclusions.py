@@ -14,6 +14,7 @@ from feedback.queries.review_listing import list_review_items
 from feedback.replay import replay_log
 from trainer.data import preference_pairs, user_prompts
 from trainer.demonstrations import demonstrations
+from trainer.replay import logged_answers
 
 
 @pytest.fixture
@@ -150,3 +151,10 @@ def test_a_replay_of_the_event_log_leaves_out_what_was_excluded_after_its_window
     replay_log(rebuilt, store.events, until=window_end)
     assert _training(rebuilt) == ({("choice", "2 1", "1 2")}, set())  # only bob's vote
     rebuilt.dispose()
+
+
+def test_replaying_logged_answers_skips_redacted_ones(store, tmp_path):
+    before = {a.content for a in logged_answers(store.events)}
+    _resolve(store, "flag", "redact")
+    after = {a.content for a in logged_answers(store.events)}
+    assert "Go away." in before and after == before - {"Go away."}
