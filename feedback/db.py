@@ -9,6 +9,7 @@ database (`postgresql+psycopg://…`). The schema is owned by Alembic migrations
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,9 +112,15 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+# Alembic runs env.py through module-global proxies (`alembic.context`, `alembic.op`), so
+# two threads migrating at once (a worker job opening a store beside the server) clash.
+_MIGRATION_LOCK = threading.Lock()
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema up to `revision` (idempotent; run on every start)."""
-    command.upgrade(alembic_config(engine), revision)
+    with _MIGRATION_LOCK:
+        command.upgrade(alembic_config(engine), revision)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from flywheel.generation import adapter_name
 from flywheel.model_loading import LoadedModel, load_model
 from server.backends.local import LocalBackend
 from server.engine import Failed, Finished, GenerationEngine, Token
@@ -118,7 +119,7 @@ class EngineService:
         if not body.lora_name or not body.lora_path:
             raise EngineError(400, "Both 'lora_name' and 'lora_path' must be provided.")
         name = body.lora_name
-        engine_name = name.replace(".", "_")
+        engine_name = adapter_name(name)
         async with self._lock:
             if name in self.loras or name == self.model_id:
                 raise EngineError(400, f"The lora adapter '{name}' has already been loaded.")

@@ -45,6 +45,28 @@ def bucket_start(moment: datetime, bucket: str) -> datetime:
     return moment.replace(hour=0) if bucket == "day" else moment
 
 
+def bucket_window(bucket: str, since: datetime | None, until: datetime | None, *,
+                  default_buckets: dict[str, int]) -> tuple[list[datetime], datetime]:
+    """The starts of the hour or day buckets (UTC) from the one holding `since` (by
+    default `default_buckets[bucket]` back) to the one holding `until` (now), and the end
+    of the last; at most MAX_BUCKETS of them."""
+    if bucket not in BUCKETS:
+        raise InvalidFeedback(f"bucket must be hour or day, not {bucket!r}")
+    try:
+        last = bucket_start(until or datetime.now(UTC), bucket)
+        first = (bucket_start(since, bucket) if since is not None
+                 else last - (default_buckets[bucket] - 1) * BUCKETS[bucket])
+        end = last + BUCKETS[bucket]
+    except OverflowError:
+        raise InvalidFeedback("since and until must lie between the years 1 and 9999") from None
+    if last < first:
+        raise InvalidFeedback("since must come before until")
+    count = (last - first) // BUCKETS[bucket] + 1
+    if count > MAX_BUCKETS:
+        raise InvalidFeedback(f"{count} {bucket}s asked for; at most {MAX_BUCKETS} at a time")
+    return [first + i * BUCKETS[bucket] for i in range(count)], end
+
+
 DEFAULT_BUCKETS = {"hour": 48, "day": 30}  # how far back the volume goes by default
 
 
@@ -54,21 +76,8 @@ def feedback_volume(session: Session, *, bucket: str, since: datetime | None = N
     the one holding `until` (now; by default 48 hours or 30 days back), empty buckets
     included. Bucketed here rather than in SQL, whose date functions differ between
     SQLite and PostgreSQL."""
-    if bucket not in BUCKETS:
-        raise InvalidFeedback(f"bucket must be hour or day, not {bucket!r}")
-    try:
-        last = bucket_start(until or datetime.now(UTC), bucket)
-        first = (bucket_start(since, bucket) if since is not None
-                 else last - (DEFAULT_BUCKETS[bucket] - 1) * BUCKETS[bucket])
-        end = last + BUCKETS[bucket]
-    except OverflowError:
-        raise InvalidFeedback("since and until must lie between the years 1 and 9999") from None
-    if last < first:
-        raise InvalidFeedback("since must come before until")
-    count = (last - first) // BUCKETS[bucket] + 1
-    if count > MAX_BUCKETS:
-        raise InvalidFeedback(f"{count} {bucket}s asked for; at most {MAX_BUCKETS} at a time")
-    starts = [first + i * BUCKETS[bucket] for i in range(count)]
+    starts, end = bucket_window(bucket, since, until, default_buckets=DEFAULT_BUCKETS)
+    first = starts[0]
     volume = {start: dict.fromkeys(VOLUME_KINDS, 0) for start in starts}
     for kind, (model, stamp) in VOLUME_KINDS.items():
         query = select(stamp).where(col(stamp) >= first, col(stamp) < end)

@@ -13,17 +13,16 @@ since. Totals are over the whole window.
 """
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from feedback.errors import InvalidFeedback
 from feedback.models import Flag, Message, MessageRole, Rating
 from feedback.queries import adapters as registry
 from feedback.queries import reward_models
-from feedback.queries.activity import BUCKETS, MAX_BUCKETS, bucket_start
+from feedback.queries.activity import bucket_start, bucket_window
 from feedback.queries.battles import battle_record
 from feedback.watch import (
     Verdict,
@@ -77,33 +76,12 @@ class WatchReport:
     rollback: Verdict = field(default_factory=lambda: Verdict(False, "no live adapter"))
 
 
-def watch_window(bucket: str, since: datetime | None, until: datetime | None
-                 ) -> tuple[list[datetime], datetime]:
-    """The buckets' starts from the one holding `since` (by default 48 hours or 14 days
-    back) to the one holding `until` (now), and the end of the last."""
-    if bucket not in BUCKETS:
-        raise InvalidFeedback(f"bucket must be hour or day, not {bucket!r}")
-    try:
-        last = bucket_start(until or datetime.now(UTC), bucket)
-        first = (bucket_start(since, bucket) if since is not None
-                 else last - (DEFAULT_BUCKETS[bucket] - 1) * BUCKETS[bucket])
-        end = last + BUCKETS[bucket]
-    except OverflowError:
-        raise InvalidFeedback("since and until must lie between the years 1 and 9999") from None
-    if last < first:
-        raise InvalidFeedback("since must come before until")
-    count = (last - first) // BUCKETS[bucket] + 1
-    if count > MAX_BUCKETS:
-        raise InvalidFeedback(f"{count} {bucket}s asked for; at most {MAX_BUCKETS} at a time")
-    return [first + i * BUCKETS[bucket] for i in range(count)], end
-
-
 def watch_report(session: Session, *, data_dir: Path, bucket: str = "hour",
                  since: datetime | None = None, until: datetime | None = None,
                  rollback_min_votes: int = 50, rollback_alpha: float = 0.01) -> WatchReport:
     """Every adapter's figures per bucket (module doc), with the reward-hacking alarm and
     the rollback verdict on the live adapter (`feedback.watch`)."""
-    starts, end = watch_window(bucket, since, until)
+    starts, end = bucket_window(bucket, since, until, default_buckets=DEFAULT_BUCKETS)
     current = reward_models.current_reward_model(session)
     scores = read_scores(scores_path(data_dir, current.version)) if current else {}
     in_window = (Message.role == MessageRole.assistant, col(Message.created_at) >= starts[0],

@@ -13,6 +13,12 @@ from flywheel.cli.common import DataDirOption, DbOption, ModelOption, settings_f
 from flywheel.cli.training import DataFileOption, ProcessesOption, run_on_processes
 from flywheel.errors import FlywheelError
 
+WarmStartOption = Annotated[bool, typer.Option(
+    help="Start from the live adapter (else a fresh LoRA).")]
+AdapterVersionOption = Annotated[str | None, typer.Option(
+    "--version", "--out", help="The new adapter's version. \\[default: the next policy-vN]",
+    show_default=False)]
+
 
 def train_ppo_command(
     ctx: typer.Context,
@@ -32,11 +38,8 @@ def train_ppo_command(
     = 8.0,
     prompt_limit: Annotated[int, typer.Option(min=1, help="User turns read from the store.")]
     = 512,
-    warm_start: Annotated[bool, typer.Option(
-        help="Start from the live adapter (else a fresh LoRA).")] = True,
-    version: Annotated[str | None, typer.Option(
-        "--version", "--out", help="The new adapter's version. \\[default: the next policy-vN]",
-        show_default=False)] = None,
+    warm_start: WarmStartOption = True,
+    version: AdapterVersionOption = None,
     seed: Annotated[int, typer.Option(help="Seeds sampling, prompt order and the init.")] = 0,
     processes: ProcessesOption = 1,
     db: DbOption = None,
@@ -134,11 +137,8 @@ def train_dpo_command(
     beta: Annotated[float, typer.Option(help="Strength of DPO's implicit KL penalty.")] = 0.1,
     max_length: Annotated[int, typer.Option(
         min=8, help="Prompt and answer tokens (the prompt loses its start first).")] = 512,
-    warm_start: Annotated[bool, typer.Option(
-        help="Start from the live adapter (else a fresh LoRA).")] = True,
-    version: Annotated[str | None, typer.Option(
-        "--version", "--out", help="The new adapter's version. \\[default: the next policy-vN]",
-        show_default=False)] = None,
+    warm_start: WarmStartOption = True,
+    version: AdapterVersionOption = None,
     seed: Annotated[int, typer.Option(help="Seeds the split, the order and the init.")] = 0,
     processes: ProcessesOption = 1,
     db: DbOption = None,

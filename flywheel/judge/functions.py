@@ -16,11 +16,10 @@ The built-ins, each deterministic in its arguments (the same call, the same verd
 """
 
 import hashlib
-import importlib
 import random
 from collections.abc import Callable
 
-from flywheel.errors import FlywheelError
+from flywheel.errors import import_function
 from flywheel.judge.verdicts import Reply, parse_verdict
 from flywheel.simulate.preferences import load_preference
 
@@ -92,14 +91,4 @@ class FunctionJudge:
 def load_judge_function(spec: str) -> JudgeFunction:
     """The function named `module:function`. Raises FlywheelError for one that names
     nothing callable."""
-    module_name, _, name = spec.partition(":")
-    if not module_name or not name:
-        raise FlywheelError(f"a judge function is module:function, not {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise FlywheelError(f"cannot import {module_name!r}: {e}") from None
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise FlywheelError(f"{module_name!r} has no function {name!r}")
-    return function
+    return import_function(spec, what="a judge function")[2]

@@ -8,6 +8,7 @@ Within `tie_margin` nats of each other, a pair is a tie. It never fails to parse
 
 import torch
 
+from flywheel.generation import chat_ids
 from flywheel.judge.rubric import Rubric
 from flywheel.judge.verdicts import Reply, Verdict
 
@@ -37,8 +38,7 @@ class LogprobJudge:
     @torch.no_grad()
     def _ask(self, messages: list[dict[str, str]], yes: Verdict, no: Verdict, *,
              tie: bool) -> Reply:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                 tokenize=True, return_dict=False)
+        ids = chat_ids(self.tokenizer, messages)
         device = next(self.model.parameters()).device
         logits = self.model(input_ids=torch.tensor([list(ids)], device=device)).logits[0, -1]
         logprobs = torch.log_softmax(logits.float(), dim=-1)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flywheel import demo_corpus
-from flywheel.errors import FlywheelError
+from flywheel.errors import import_function
 
 Score = Callable[[str, str], float]
 
@@ -49,16 +49,7 @@ def load_preference(spec: str | Score) -> Preference:
         module, name = importlib.import_module(spec.__module__), spec.__name__
         score = spec
     else:
-        module_name, _, name = spec.partition(":")
-        if not module_name or not name:
-            raise FlywheelError(f"a preference is module:function, not {spec!r}")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise FlywheelError(f"cannot import {module_name!r}: {e}") from None
-        score = getattr(module, name, None)
-        if not callable(score):
-            raise FlywheelError(f"{module_name!r} has no function {name!r}")
+        module, name, score = import_function(spec, what="a preference")
     helpers = {kind: getattr(module, f"{name}_{kind}", None)
                for kind in ("rewrite", "flag", "prompt")}
     return Preference(name=f"{module.__name__}:{name}", score=score,

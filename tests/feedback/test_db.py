@@ -132,3 +132,24 @@ def test_concurrent_sqlite_writers_wait_for_each_other(tmp_path):
     with session_scope(engine) as session:
         assert len(list(votes.iter_ratings(session))) == 4 * 50
     engine.dispose()
+
+
+def test_stores_opened_by_several_threads_at_once_all_migrate(tmp_path):
+    """Alembic's env.py runs through module-global proxies: without a lock, two threads
+    migrating at once fail with KeyError('script')."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_one(i: int) -> None:
+        barrier.wait()
+        try:
+            open_store(f"sqlite:///{tmp_path / f'store-{i}.db'}").dispose()
+        except BaseException as error:  # noqa: BLE001 — collected for the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_one, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []

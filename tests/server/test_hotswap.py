@@ -180,14 +180,16 @@ def test_promotion_switches_routing_and_the_old_adapter_drains(replica, maker,
     b_text, b_tag = replica.ask()
     assert b_tag == "policy-b" and b_text not in (a_text, base_text)
 
-    # With nothing in flight, the one rolled back from still waits out its grace.
+    # With nothing in flight, the one rolled back from still waits out its grace (longer
+    # here, so that a slow answer on a loaded machine does not outlast it).
+    monkeypatch.setattr(server.adapters, "DRAIN_GRACE_S", 2.0)
+    before = time.monotonic()
     rolled = replica.act("POST", "/api/adapters/rollback")
-    switched = time.monotonic()
     assert rolled["version"] == "policy-a" and rolled["loaded"]
     assert replica.ask() == (a_text, "policy-a")
-    assert "policy-b" in replica.manager.loaded
-    wait_until(lambda: "policy-b" not in replica.manager.loaded, 5, "policy-b to unload")
-    assert time.monotonic() - switched >= GRACE_S
+    assert "policy-b" in replica.manager.loaded or time.monotonic() - before >= 2.0
+    wait_until(lambda: "policy-b" not in replica.manager.loaded, 8, "policy-b to unload")
+    assert time.monotonic() - before >= 2.0
 
 
 def test_an_adapter_whose_last_answer_is_cancelled_unloads_without_harm(replica,

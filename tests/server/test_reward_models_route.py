@@ -12,7 +12,7 @@ HELDOUT = {"accuracy": 0.71, "loss": 0.57, "ece": 0.04, "pairs": 120}
 WINDOW = {"since": None, "until": "2026-01-02T03:04:05+00:00", "pairs": 900,
           "heldout_pairs": 120}
 KEYS = {"version", "parent_version", "status", "backbone", "path", "data_window", "heldout",
-        "created_at", "updated_at"}
+        "created_at", "updated_at", "trained_on_erased_data"}
 
 
 @pytest.fixture(scope="module")

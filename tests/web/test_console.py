@@ -58,7 +58,7 @@ def test_approve_promote_then_chat_answers_from_it(page, live, operator_key, can
     page.goto(f"{live.url}/console.html")
     page.get_by_label("API key").fill(operator_key)
     page.get_by_role("button", name="Connect").click()
-    row = page.locator(f'tr[data-version="{candidate}"]')
+    row = page.locator(f'#adapters tr[data-version="{candidate}"]')
     expect(row).to_contain_text("candidate")
     expect(row).to_contain_text("no votes yet vs base")  # the live win rate
 

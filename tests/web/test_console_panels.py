@@ -198,9 +198,9 @@ def test_volume_and_reward_model_charts(page, live, operator_key, seeded):
 
 def test_canary_control_sets_the_share(page, live, operator_key, seeded):
     _connect(page, live, operator_key)
-    row = page.locator(f'tr[data-version="{CANDIDATE}"]')
+    row = page.locator(f'#adapters tr[data-version="{CANDIDATE}"]')
     expect(row.locator(".traffic-share")).to_have_text("10%")
-    expect(page.locator(f'tr[data-version="{LIVE}"] .share-input')).to_have_count(0)
+    expect(page.locator(f'#adapters tr[data-version="{LIVE}"] .share-input')).to_have_count(0)
 
     share = row.get_by_label(f"Canary share for {CANDIDATE} (%)")
     share.fill("25")
@@ -270,7 +270,7 @@ def test_annotators_panel_highlights_careless_voters(page, live, operator_key, s
     page.locator("#fb-filters").get_by_label("Vote").select_option("down")
     page.locator("#fb-filters").get_by_role("button", name="Filter").click()
     expect(cards.first).to_have_attribute("data-id", str(seeded["down"]))
-    page.locator(f'tr[data-version="{CANDIDATE}"]').scroll_into_view_if_needed()
+    page.locator(f'#adapters tr[data-version="{CANDIDATE}"]').scroll_into_view_if_needed()
     page.set_viewport_size({"width": 1280, "height": 2200})
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "console.png", tmp_path)

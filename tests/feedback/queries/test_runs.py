@@ -49,7 +49,8 @@ def test_a_run_ends_once(session):
 
 
 def test_unknown_kinds_and_statuses_are_refused(session):
-    with pytest.raises(RegistryError, match="run kind must be one of reward, ppo, eval, cycle"):
+    with pytest.raises(RegistryError,
+                       match="run kind must be one of reward, ppo, dpo, eval, cycle"):
         runs.start_run(session, kind="sft", config={}, data_window={})
     with pytest.raises(RegistryError, match="run kind must be one of"):
         runs.list_runs(session, kind="sft")
