@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_DIRNAME = "demo"
 DEMO_CONFIG_FLAG = "flywheel_demo"
-TEACHING_STEPS = 150  # about 10 s on two CPU cores; its loss then sits near the corpus entropy
+TEACHING_STEPS = 150  # a minute or so on a CPU core; its loss then sits near the corpus entropy
 
 # Plain-text role markers that WordPiece can tokenize; assistant turns end with the eos token.
 # `{% generation %}` lets `apply_chat_template(..., return_assistant_tokens_mask=True)` mark the
@@ -92,9 +92,10 @@ def demo_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
 
 
 def write_demo_model(path: Path, *, seed: int = 0, overwrite: bool = False,
-                     teaching_steps: int = TEACHING_STEPS) -> Path:
+                     teaching_steps: int | None = None) -> Path:
     """Write the demo model and its tokenizer to `path`, atomically; deterministic per seed.
-    `teaching_steps=0` leaves it random (answers are then gibberish)."""
+    `teaching_steps` defaults to TEACHING_STEPS; 0 leaves it random (answers are then
+    gibberish)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FlywheelError(f"demo model directory already exists: {path} (delete it to rebuild)")
@@ -106,7 +107,8 @@ def write_demo_model(path: Path, *, seed: int = 0, overwrite: bool = False,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LlamaForCausalLM(demo_config(tokenizer))
-            teach_demo_language(model, tokenizer, steps=teaching_steps, seed=seed)
+            steps = TEACHING_STEPS if teaching_steps is None else teaching_steps
+            teach_demo_language(model, tokenizer, steps=steps, seed=seed)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _publish(tmp, path, overwrite=overwrite)

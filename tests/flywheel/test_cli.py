@@ -359,7 +359,10 @@ def test_users_create_rejects_an_overlong_handle(db_url: str) -> None:
 # -- demo model -----------------------------------------------------------------------------
 
 
-def test_demo_model_writes_a_loadable_model(tmp_path: Path, models_dir: Path) -> None:
+def test_demo_model_writes_a_loadable_model(tmp_path: Path, models_dir: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Writing is tested here; teaching (minutes on CPU) in tests/flywheel/test_demo_model.py.
+    monkeypatch.setattr("flywheel.demo_model.TEACHING_STEPS", 2)
     target = tmp_path / "demo"
     out = ok(flywheel_cli("demo-model", "--out", target))
     assert str(target) in out

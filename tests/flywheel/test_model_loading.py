@@ -66,7 +66,9 @@ def test_demo_model_is_labelled_as_a_demo(models_dir, caplog) -> None:
     _generate_batch(loaded)
 
 
-def test_demo_model_is_written_on_first_use(tmp_path) -> None:
+def test_demo_model_is_written_on_first_use(tmp_path, monkeypatch) -> None:
+    # Writing is tested here; teaching (minutes on CPU) in tests/flywheel/test_demo_model.py.
+    monkeypatch.setattr("flywheel.demo_model.TEACHING_STEPS", 2)
     loaded = load_model("demo", models_dir=tmp_path / "models", device="cpu")
     assert loaded.is_demo
     assert (tmp_path / "models" / "demo" / "config.json").is_file()
