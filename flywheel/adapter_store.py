@@ -300,7 +300,10 @@ def _save_flat(model: PeftModel, directory: Path, adapter_name: str) -> None:
     """save_pretrained one adapter straight into `directory` (peft nests non-default ones)."""
     if not isinstance(model, PeftModel):
         raise TypeError(f"expected a PeftModel, got {type(model).__name__}")
-    model.save_pretrained(str(directory), selected_adapters=[adapter_name])
+    # Only the LoRA tensors: peft would otherwise save the whole (frozen) embedding matrix
+    # beside an adapter of the LM head.
+    model.save_pretrained(str(directory), selected_adapters=[adapter_name],
+                          save_embedding_layers=False)
     nested = directory / adapter_name
     if adapter_name != "default" and nested.is_dir():
         for path in nested.iterdir():

@@ -220,16 +220,26 @@ def lora_config(
     alpha: int = 32,
     dropout: float = 0.05,
     task_type: str = "CAUSAL_LM",
+    head: bool = False,
 ) -> LoraConfig:
-    """A LoraConfig for this model; sets `fan_in_fan_out` for GPT-2-style Conv1D layers."""
+    """A LoraConfig for this model; sets `fan_in_fan_out` for GPT-2-style Conv1D layers.
+
+    `head` adapts the output head (the LM head) too. A policy needs it where the blocks
+    alone cannot move tokens apart: in a small model whose output embeddings of
+    interchangeable words lie close together (the demo's adjectives: cosine 0.95), the
+    blocks' LoRA raises every such word at once. It is left out beside Conv1D blocks, whose
+    transposed-weight flag peft sets for the whole config."""
     targets = lora_target_modules(model)
     layers = _adaptable_layers(model)
+    fan_in_fan_out = any(layers[name] for name in targets)
+    if head and not fan_in_fan_out and (name := _output_head_name(model)) is not None:
+        targets = [*targets, name]
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=targets,
-        fan_in_fan_out=any(layers[name] for name in targets),
+        fan_in_fan_out=fan_in_fan_out,
         bias="none",
         task_type=task_type,
     )
@@ -251,6 +261,14 @@ def init_lora_weights(model: nn.Module, *, seed: int) -> None:
                     fresh = torch.empty(weight.shape, dtype=torch.float32)
                     nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
                     weight.copy_(fresh)
+
+
+def _output_head_name(model: nn.Module) -> str | None:
+    """The leaf name of the model's output head when it is an nn.Linear, else None."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(output, nn.Linear):
+        return None
+    return next(q.rsplit(".", 1)[-1] for q, m in model.named_modules() if m is output)
 
 
 def _adaptable_layers(model: nn.Module) -> dict[str, bool]:

@@ -86,6 +86,7 @@ class PPOConfig:
     lora_r: int = 16  # rank of a fresh adapter (a warm-started one keeps its own)
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # ignored while training: dropout is off throughout
+    lora_head: bool = True  # a fresh adapter adapts the LM head too (model_loading.lora_config)
     seed: int = 0  # seeds sampling, prompt order and initialisation: same seed, same run
     checkpoint_every: int = 10  # steps between checkpoints (when the caller keeps them)
 
@@ -143,7 +144,7 @@ def prepare_policy(
         logger.info("warm start from adapter %s", warm_start)
         return store.load(model, warm_start, adapter_name="default", is_trainable=True)
     lora = lora_config(model, r=config.lora_r, alpha=config.lora_alpha,
-                       dropout=config.lora_dropout)
+                       dropout=config.lora_dropout, head=config.lora_head)
     policy = get_peft_model(model, lora)
     init_lora_weights(policy, seed=config.seed)  # LoRA's A matrices are random
     return policy

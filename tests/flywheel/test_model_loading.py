@@ -132,6 +132,29 @@ def test_lora_targets_and_config_build_a_working_peft_model(kind) -> None:
     assert all(p.grad is not None for p in peft_model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("kind", TINY_KINDS)
+def test_a_head_adapter_moves_the_logits_of_chosen_tokens_alone(kind) -> None:
+    """With `head`, the LM head gets a LoRA too (not beside GPT-2's Conv1D blocks): it can
+    raise one token's logit without moving the hidden state, so the rest stay put."""
+    model = build_tiny_model(kind)
+    config = lora_config(model, r=4, alpha=8, dropout=0.0, head=True)
+    assert ("lm_head" in config.target_modules) is (kind != "gpt2")
+    if kind == "gpt2":
+        return
+    peft_model = get_peft_model(model, config)
+    ids = torch.tensor([[7592, 2045, 1012]])
+    before = peft_model(input_ids=ids).logits
+    head = peft_model.base_model.model.lm_head
+    with torch.no_grad():
+        head.lora_A["default"].weight.fill_(0.1)
+        head.lora_B["default"].weight[2045].fill_(1.0)  # token 2045's row alone
+    moved = peft_model(input_ids=ids).logits - before
+    assert moved[..., 2045].abs().min() > 0
+    others = torch.ones(30522, dtype=torch.bool)
+    others[2045] = False
+    assert moved[..., others].abs().max() == 0
+
+
 class _CustomLM(nn.Module):
     def __init__(self, with_linear: bool = True) -> None:
         super().__init__()
