@@ -55,6 +55,6 @@ async def build_generation(settings: Settings, startup: Startup, stack: AsyncExi
 def _stage(settings: Settings, what: str) -> str:
     if (settings.model == DEMO_NAME
             and not (demo_model_path(settings.models_dir) / "config.json").is_file()):
-        return (f"building and teaching the demo model (first start only, about 10 s on a "
+        return (f"building and teaching the demo model (first start only, a minute or so on a "
                 f"CPU), then loading {what}")
     return f"loading the model {settings.model}: {what}"
