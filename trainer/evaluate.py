@@ -66,7 +66,7 @@ def evaluate_candidate(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, re
     wins = sum(d > 0 for d in deltas)
     ties = sum(d == 0 for d in deltas)
     judged = win_rate(wins, len(deltas) - wins - ties, ties, seed=config.seed)
-    kl = _kl_to_base(policy, cand, candidate)
+    kl = _kl_to_base(policy, cand, candidate, config.temperature)
     cand_len = _mean(len(a["ids"]) for a in cand)
     base_len = _mean(len(a["ids"]) for a in base)
     judged_by = {} if judge is None else {"judge_win_rate": judge_win_rate(
@@ -148,9 +148,12 @@ def _answers(policy, tokenizer, prompts, adapter: str, config: EvalConfig, *,
     return out
 
 
-def _kl_to_base(policy, answers: list[dict], adapter: str) -> float:
+def _kl_to_base(policy, answers: list[dict], adapter: str, temperature: float) -> float:
     """Mean over answers of Σ_t log π(a_t) − log π_base(a_t), on the candidate's own
-    samples (a Monte-Carlo estimate of KL(π ‖ π_base))."""
+    samples (a Monte-Carlo estimate of KL(π ‖ π_base)), both at the temperature the samples
+    were drawn at (1 for greedy answers): samples drawn at 0.7 but scored at 1 estimate no
+    KL at all, and can read below zero for an adapter far from the base."""
+    temperature = temperature if temperature > 0 else 1.0
     total = 0.0
     device = next(policy.parameters()).device
     for a in answers:
@@ -161,6 +164,7 @@ def _kl_to_base(policy, answers: list[dict], adapter: str) -> float:
         targets = ids[:, start:]
         on = policy(input_ids=ids, adapter_names=[adapter]).logits[:, start - 1:-1]
         off = policy(input_ids=ids, adapter_names=[BASE_ADAPTER]).logits[:, start - 1:-1]
+        on, off = on / temperature, off / temperature
         total += (logprobs_from_logits(on, targets) - logprobs_from_logits(off, targets)
                   ).sum().item()
     return total / len(answers)
