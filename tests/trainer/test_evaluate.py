@@ -21,8 +21,8 @@ class LengthReward:
 @pytest.fixture(scope="module")
 def policy(models_dir):
     loaded = load_model("demo", models_dir=models_dir)
+    torch.manual_seed(0)  # before get_peft_model, whose LoRA A matrices draw from it
     model = get_peft_model(loaded.model, lora_config(loaded.model, r=4), adapter_name="cand")
-    torch.manual_seed(0)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
             parameter.data.normal_(0, 0.5)
