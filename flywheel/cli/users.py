@@ -1,5 +1,5 @@
-"""Commands on users and their API keys: create, list, revoke, rotate, erase, and how far
-each annotator's votes are trusted."""
+"""Commands on users and their API keys: create, list, revoke, rotate, erase, exclude from
+training, and how far each annotator's votes are trusted."""
 
 import getpass
 import re
@@ -120,6 +120,26 @@ def revoke(handle: HandleArgument, db: DbOption = None, data_dir: DataDirOption 
         user = users.find_user(session, handle_or_id=handle)
         users.revoke_api_key(session, user_id=user.id)
     typer.echo(f"revoked the API key of {user.handle}")
+
+
+@users_app.command("exclude")
+def exclude(handle: HandleArgument,
+            actor: Annotated[str, typer.Option(help="Who decides, for the record.")] = "cli",
+            db: DbOption = None, data_dir: DataDirOption = None) -> None:
+    """Leave every vote of the user (say, a careless one `users quality` found) out of
+    training and exports from now on. Their data stays; the review queue does the same
+    from one of their items."""
+    from feedback.db import session_scope
+    from feedback.models import ExclusionScope
+    from feedback.queries import exclusions, users
+
+    _, engine = _store(db, data_dir)
+    with session_scope(engine) as session:
+        user = users.find_user(session, handle_or_id=handle)
+        if user.id in exclusions.training_filter(session).users:
+            raise FlywheelError(f"the votes of {user.handle} are already left out of training")
+        exclusions.exclude(session, scope=ExclusionScope.user, target_id=user.id, actor=actor)
+    typer.echo(f"every vote of {user.handle} is left out of training from now on")
 
 
 @users_app.command("erase")

@@ -101,3 +101,22 @@ def test_users_erase_asks_first(tmp_path: Path) -> None:
     result = flywheel_cli("users", "erase", "eve", "--data-dir", tmp_path)  # answers no
     assert result.exit_code == 1 and "erase eve" in result.output
     assert _user(f"sqlite:///{tmp_path / 'flywheel.db'}", "eve") is not None
+
+
+def test_a_careless_user_is_left_out_of_training(db_url: str) -> None:
+    from feedback.queries import exclusions
+
+    ok(flywheel_cli("users", "create", "clicky", "--db", db_url))
+    ok(flywheel_cli("users", "create", "careful", "--db", db_url))
+    said = ok(flywheel_cli("users", "exclude", "clicky", "--actor", "ops", "--db", db_url))
+    assert "every vote of clicky is left out of training" in said
+    clicky, careful = _user(db_url, "clicky"), _user(db_url, "careful")
+    engine = open_store(db_url)
+    try:
+        with session_scope(engine) as session:
+            assert exclusions.training_filter(session).users == {clicky.id}
+    finally:
+        engine.dispose()
+    assert careful.id != clicky.id
+    one_error(flywheel_cli("users", "exclude", "clicky", "--db", db_url), "already left out")
+    one_error(flywheel_cli("users", "exclude", "nobody", "--db", db_url), "not found")
