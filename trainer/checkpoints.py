@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel, get_peft_model_state_dict
 
 from trainer.ppo import PPOState
 
@@ -26,6 +27,12 @@ def training_state_path(data_dir: Path, version: str) -> Path:
 
 def checkpoint_path(data_dir: Path, run_id: int) -> Path:
     return Path(data_dir) / "checkpoints" / f"cycle-{run_id}.pt"
+
+
+def lora_weights(policy: PeftModel) -> dict[str, torch.Tensor]:
+    """The trained adapter's LoRA tensors alone: peft would add the whole (frozen)
+    embedding matrix beside an adapter of the LM head (GBs on a real model)."""
+    return get_peft_model_state_dict(policy, save_embedding_layers=False)
 
 
 def save_state(path: Path, state: PPOState, **extra: Any) -> None:

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from peft import set_peft_model_state_dict
 from sqlalchemy import Engine
 
 from feedback.db import session_scope
@@ -39,7 +39,13 @@ from flywheel.errors import FlywheelError
 from flywheel.model_loading import load_model
 from flywheel.settings import Settings
 from trainer.annotators import record_annotator_quality
-from trainer.checkpoints import checkpoint_path, load_state, save_state, training_state_path
+from trainer.checkpoints import (
+    checkpoint_path,
+    load_state,
+    lora_weights,
+    save_state,
+    training_state_path,
+)
 from trainer.data import preference_pairs, user_prompts
 from trainer.demonstrations import demonstrations
 from trainer.dpo import DPOConfig
@@ -217,7 +223,7 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
                    "train_prompts": train_prompts, "eval_prompts": eval_prompts}
 
     def keep(state: PPOState) -> None:  # all that a resume needs, in one atomic file
-        save_state(checkpoint, state, adapter=get_peft_model_state_dict(policy),
+        save_state(checkpoint, state, adapter=lora_weights(policy),
                    metrics=metrics, **resume_info)
 
     if config.processes > 1:  # the same, data-parallel (trainer/parallel_stages.py)

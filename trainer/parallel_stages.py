@@ -11,11 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, set_peft_model_state_dict
 
 from flywheel.adapter_store import AdapterStore
 from flywheel.model_loading import load_model
-from trainer.checkpoints import save_state
+from trainer.checkpoints import lora_weights, save_state
 from trainer.data import Label, Pair
 from trainer.demonstrations import Demonstration
 from trainer.distributed import data_parallel
@@ -71,7 +71,7 @@ def train_policy_on(processes: int, policy: PeftModel, recipe: PolicyRecipe, *, 
     done = launch("trainer.parallel_stages:policy_job", {
         "recipe": recipe, "model": model, "models_dir": models_dir,
         "adapters_dir": adapters_dir, "warm_start": warm_start,
-        "adapter": get_peft_model_state_dict(policy), "prompts": prompts, "pairs": pairs,
+        "adapter": lora_weights(policy), "prompts": prompts, "pairs": pairs,
         "demonstrations": demonstrations, "reward_model": reward_model,
         "ppo_state": ppo_state, "checkpoint_path": checkpoint_path,
         "resume_info": resume_info, "metrics": metrics}, processes=processes,
@@ -100,13 +100,13 @@ def policy_job(*, recipe: PolicyRecipe, model: str, models_dir: Path, adapters_d
             progress(stage, figures)
 
     def keep(state: PPOState) -> None:
-        save_state(checkpoint_path, state, adapter=get_peft_model_state_dict(policy),
+        save_state(checkpoint_path, state, adapter=lora_weights(policy),
                    metrics=metrics, **resume_info)
 
     result = train_policy(policy, loaded.tokenizer, recipe, prompts=prompts, pairs=pairs,
                           demonstrations=demonstrations, reward_fn=scorer.score,
                           progress=report, ppo_state=ppo_state,
                           checkpoint=keep if main else None)
-    return {"adapter": {k: v.cpu() for k, v in get_peft_model_state_dict(policy).items()},
+    return {"adapter": {k: v.cpu() for k, v in lora_weights(policy).items()},
             "method": result.method, "stop_reason": result.stop_reason,
             "timings": result.timings, "state": result.state, "sft_steps": result.sft_steps}
