@@ -263,9 +263,13 @@ def init_lora_weights(model: nn.Module, *, seed: int) -> None:
                     weight.copy_(fresh)
 
 
+def _output_head(model: nn.Module) -> nn.Module | None:
+    return model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+
 def _output_head_name(model: nn.Module) -> str | None:
     """The leaf name of the model's output head when it is an nn.Linear, else None."""
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = _output_head(model)
     if not isinstance(output, nn.Linear):
         return None
     return next(q.rsplit(".", 1)[-1] for q, m in model.named_modules() if m is output)
@@ -273,7 +277,7 @@ def _output_head_name(model: nn.Module) -> str | None:
 
 def _adaptable_layers(model: nn.Module) -> dict[str, bool]:
     """Leaf name -> whether it is a Conv1D, for every nn.Linear / Conv1D outside the heads."""
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = _output_head(model)
     layers: dict[str, bool] = {}
     for qualified, module in model.named_modules():
         leaf = qualified.rsplit(".", 1)[-1]
