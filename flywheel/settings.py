@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     # in one); the database pool holds a connection for each, and as many again for the
     # event loop's own worker threads (PostgreSQL: at most 2 × threads connections).
     threads: int = 40
+    # torch's CPU threads in a serving process (`serve`, `up`, `engine`); default every core
+    # but one (OMP_NUM_THREADS, where set, wins over the default). torch's own default takes
+    # every core, and its threads spin while they wait: on a small machine they starve the
+    # event loop that streams the answers, and the HTTP clients beside it.
+    torch_threads: int | None = None
     db_wait_s: float = 5.0  # wait for a pooled connection or SQLite's lock; then 503
     side_by_side_share: float = 0.1  # share of turns answered twice for a pick
     adapter_poll_s: float = 2.0  # how often servers reconcile adapters with the registry
@@ -110,6 +115,22 @@ class Settings(BaseSettings):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"a share is in [0, 1], not {value}")
         return value
+
+    @field_validator("torch_threads")
+    @classmethod
+    def _positive_threads(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"torch needs at least 1 thread, not {value}")
+        return value
+
+    def serving_torch_threads(self) -> int | None:
+        """The torch CPU threads a serving process should use (`torch_threads`), or None
+        to leave torch as OMP_NUM_THREADS set it."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        if os.environ.get("OMP_NUM_THREADS"):
+            return None
+        return max(1, len(os.sched_getaffinity(0)) - 1)
 
     @property
     def judge_configured(self) -> bool:

@@ -28,4 +28,4 @@ def engine(
     configure_logging(settings.log_format)
     app = create_engine_app(model=settings.model, models_dir=settings.models_dir,
                             max_batch=settings.max_batch)
-    run_until_stopped(app, "engine", host=settings.host, port=port)
+    run_until_stopped(app, "engine", settings, host=settings.host, port=port)

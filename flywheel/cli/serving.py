@@ -77,16 +77,20 @@ def run_server(settings) -> None:
     settings.resolved_secret_key()  # and so does a short or empty secret key
     configure_logging(settings.log_format)
     # proxy_headers off: the app itself trusts the proxies `forwarded_allow_ips` names.
-    run_until_stopped(create_app(settings), "server", host=settings.host, port=settings.port,
-                      ws_max_size=1 << 20, proxy_headers=False)
+    run_until_stopped(create_app(settings), "server", settings, host=settings.host,
+                      port=settings.port, ws_max_size=1 << 20, proxy_headers=False)
 
 
-def run_until_stopped(app, what: str, **uvicorn_options) -> None:
+def run_until_stopped(app, what: str, settings, **uvicorn_options) -> None:
     """Serve `app` with uvicorn. It answers at once while its model loads in the background
     (logging each stage; /healthz or /health says "starting"); a start-up that fails stops
-    it, and the command then exits with that error as one line."""
+    it, and the command then exits with that error as one line. torch gets the threads
+    `settings.serving_torch_threads()` gives it, first."""
+    import torch
     import uvicorn
 
+    if (threads := settings.serving_torch_threads()) is not None:
+        torch.set_num_threads(threads)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
                                            **uvicorn_options))
     app.state.startup.on_failure = lambda: setattr(server, "should_exit", True)

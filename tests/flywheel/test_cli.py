@@ -412,3 +412,33 @@ def test_an_error_is_exactly_one_line_of_stderr(tmp_path: Path) -> None:
     result = flywheel_cli("feedback", "import", missing, "--db", sqlite_url(tmp_path / "f.db"))
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+
+
+def test_a_serving_process_gives_torch_the_threads_its_settings_say(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import torch
+    import uvicorn
+
+    from flywheel.cli.serving import run_until_stopped
+
+    seen = []
+
+    class Server:
+        def __init__(self, config):
+            self.should_exit = False
+
+        def run(self):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(uvicorn, "Server", Server)
+    monkeypatch.setattr(uvicorn, "Config", lambda app, **options: None)
+    app = types.SimpleNamespace(state=types.SimpleNamespace(
+        startup=types.SimpleNamespace(on_failure=None, error=None)))
+    try:
+        run_until_stopped(app, "server", Settings(torch_threads=1))
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]

@@ -138,3 +138,21 @@ def test_rotated_keys_and_allowed_origins_are_comma_separated(
     assert Settings(previous_secret_keys="", allowed_origins="").session_keys[1:] == []
     with pytest.raises(ValueError, match=f"at least {MIN_SECRET_KEY_CHARS}"):
         Settings(previous_secret_keys=f"{old},short")
+
+
+def test_serving_leaves_one_core_to_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert Settings().serving_torch_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert Settings().serving_torch_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the operator's choice wins over the default
+    assert Settings().serving_torch_threads() is None
+    monkeypatch.setenv("FLYWHEEL_TORCH_THREADS", "6")  # and the setting over both
+    assert Settings().serving_torch_threads() == 6
+
+
+def test_zero_torch_threads_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_TORCH_THREADS", "0")
+    with pytest.raises(ValueError, match="at least 1 thread"):
+        Settings()
