@@ -2,13 +2,12 @@
 
 import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -17,6 +16,7 @@ from flywheel.adapter_store import AdapterStore
 from flywheel.generation import base_model_name
 from flywheel.model_loading import LoadedModel
 from flywheel.settings import Settings
+from server.access_log import AccessLog
 from server.adapters import AdapterManager
 from server.backends.build import build_generation
 from server.body_limit import BodyLimit
@@ -114,16 +114,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # innermost: logged
 
-    @app.middleware("http")
-    async def access_log(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        log.info("%s %s %d", request.method, request.url.path, response.status_code,
-                 extra={"method": request.method, "path": request.url.path,
-                        "status": response.status_code,
-                        "ms": round((time.perf_counter() - started) * 1000, 1)})
-        return response
-
+    app.add_middleware(AccessLog)
     docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
     app.add_middleware(BrowserHardening, allowed_origins=settings.allowed_origins,
                        docs_paths=[path for path in docs if path])
