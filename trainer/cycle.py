@@ -46,6 +46,7 @@ from trainer.checkpoints import (
     save_state,
     training_state_path,
 )
+from trainer.configs import DEFAULT_PROMPT_LIMIT
 from trainer.data import preference_pairs, user_prompts
 from trainer.demonstrations import demonstrations
 from trainer.dpo import DPOConfig
@@ -69,7 +70,7 @@ LEASE = "cycle"
 class CycleConfig:
     min_new_feedback: int = 50  # votes since the last cycle before a new one is worth it
     min_pairs: int = 20  # preference pairs the reward model needs at the least
-    prompt_limit: int = 512  # user turns PPO may train on
+    prompt_limit: int = DEFAULT_PROMPT_LIMIT  # user turns PPO may train on
     eval_share: float = 0.2  # of those, held out for the candidate's evaluation
     lease_ttl_s: float = 120.0  # a cycle whose worker stops renewing for this long is dead
     seed: int = 0

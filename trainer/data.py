@@ -53,14 +53,13 @@ from feedback.queries.conversations import message_paths, user_message_ids
 from feedback.queries.exclusions import training_filter
 from feedback.queries.judging import judge_ids
 from feedback.queries.votes import iter_comparisons, iter_flags, iter_ratings, iter_rewrites
+from trainer.configs import DEFAULT_HELDOUT_FRACTION, DEFAULT_MAX_USER_SHARE
 
 Messages = list[dict[str, str]]
 BATCH = 500  # messages per path lookup
 # Pairs inferred from separate thumbs are weaker evidence than a direct comparison.
 SOURCE_WEIGHTS = {"choice": 1.0, "ranking": 1.0, "rewrite": 1.0, "thumbs": 0.5, "file": 1.0,
                   "labels": 0.5}
-DEFAULT_MAX_USER_SHARE = 0.25
-DEFAULT_HELDOUT_FRACTION = 0.1
 DEFAULT_AI_FEEDBACK_MAX_SHARE = 0.25
 
 T = TypeVar("T", "Pair", "Label")

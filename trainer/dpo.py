@@ -24,6 +24,7 @@ from peft import PeftModel
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from trainer.configs import DPOConfig
 from trainer.data import Pair
 from trainer.distributed import ONE_PROCESS, DataParallel, data_parallel
 from trainer.rlhf.dpo_math import dpo_loss, weighted_mean
@@ -45,26 +46,6 @@ from trainer.rollout import (
 )
 
 logger = logging.getLogger(__name__)
-
-@dataclass
-class DPOConfig:
-    """Every knob of a DPO run (offline and online), with its default."""
-
-    beta: float = 0.1  # strength of the implicit KL penalty: rewards are β · log(π / π_ref)
-    label_smoothing: float = 0.0  # cDPO: the share of labels assumed flipped (0 ≤ ε < 0.5)
-    learning_rate: float = 1e-4  # AdamW, for the LoRA weights
-    batch_size: int = 8  # pairs per gradient step
-    max_length: int = 512  # prompt + answer tokens; the prompt loses its beginning first
-    max_grad_norm: float = 1.0  # gradient clipping
-    seed: int = 0  # seeds the batches' order (and online, prompts and sampling)
-    epochs: int = 1  # offline: passes over the pairs
-    steps: int = 20  # online: rounds of sampling, ranking and updating
-    prompts_per_step: int = 8  # online: prompts sampled per step (one pair each at most)
-    answers_per_prompt: int = 4  # online: ≥ 2; the best and the worst make the pair
-    max_new_tokens: int = 64  # online: answer length
-    temperature: float = 1.0  # online: sampling temperature (the KL is measured at it too)
-    missing_eos_penalty: float = 1.0  # online: ranks down an answer cut at max_new_tokens
-    kl_cap: float = 8.0  # online: hard cap on the mean per-answer KL (k3, nats): stop before it
 
 
 @dataclass

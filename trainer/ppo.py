@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from flywheel.adapter_store import AdapterStore
 from flywheel.model_loading import init_lora_weights, lora_config
+from trainer.configs import PPOConfig
 from trainer.distributed import data_parallel
 from trainer.rlhf.ppo_math import (
     KLController,
@@ -56,39 +57,6 @@ from trainer.rollout import (
 )
 
 logger = logging.getLogger(__name__)
-
-@dataclass
-class PPOConfig:
-    """Every knob of a PPO run, with its default."""
-
-    steps: int = 50  # PPO steps: one rollout of `batch_size` answers, then its updates
-    batch_size: int = 16  # answers per rollout
-    # > 1: answers per prompt, in groups; each answer's advantage is its reward minus the
-    # mean of its group's others (RLOO), and the critic is not used. 1: GAE with the critic.
-    answers_per_prompt: int = 1
-    minibatch_size: int = 8  # answers per gradient step
-    ppo_epochs: int = 4  # passes over each rollout
-    learning_rate: float = 1e-4  # AdamW, for the LoRA weights and the value head
-    max_prompt_tokens: int = 512  # longer prompts lose their beginning (the end is kept)
-    max_new_tokens: int = 64  # answer length; an answer cut here gets the missing-EOS penalty
-    temperature: float = 1.0  # sampling temperature (log-probs are taken at it too)
-    beta: float = 0.05  # KL coefficient: reward −= β · (log π − log π_ref) per token
-    kl_target: float | None = None  # set to adapt β (Ziegler et al.) towards this KL (k3, nats)
-    kl_horizon: int = 10_000  # the adaptive controller's horizon, in answers
-    kl_cap: float = 8.0  # hard cap on the mean per-answer KL (k3, nats): stop before it
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE λ
-    clip_range: float = 0.2  # policy ratio clipped to 1 ± this
-    clip_range_value: float = 0.2  # values move at most this far from the rollout's per update
-    vf_coef: float = 0.1  # weight of the value loss
-    missing_eos_penalty: float = 1.0  # subtracted from the score of an answer without EOS
-    max_grad_norm: float = 1.0  # gradient clipping
-    lora_r: int = 16  # rank of a fresh adapter (a warm-started one keeps its own)
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0  # ignored while training: dropout is off throughout
-    lora_head: bool = True  # a fresh adapter adapts the LM head too (model_loading.lora_config)
-    seed: int = 0  # seeds sampling, prompt order and initialisation: same seed, same run
-    checkpoint_every: int = 10  # steps between checkpoints (when the caller keeps them)
 
 
 class ValueHead(nn.Module):

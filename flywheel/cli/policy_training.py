@@ -12,6 +12,7 @@ import typer
 from flywheel.cli.common import DataDirOption, DbOption, ModelOption, settings_from
 from flywheel.cli.training import DataFileOption, ProcessesOption, run_on_processes
 from flywheel.errors import FlywheelError
+from trainer.configs import DEFAULT_PROMPT_LIMIT, DPOConfig, PPOConfig
 
 WarmStartOption = Annotated[bool, typer.Option(
     help="Start from the live adapter (else a fresh LoRA).")]
@@ -29,18 +30,23 @@ def train_ppo_command(
         "--prompts", help="JSON lines (optionally .gz) with a `prompt` (a string or a message "
         "list) per line. \\[default: real user turns from the feedback store]",
         show_default=False)] = None,
-    steps: Annotated[int, typer.Option(min=1, help="PPO steps (rollout + updates).")] = 50,
-    batch_size: Annotated[int, typer.Option(min=1, help="Answers per rollout.")] = 16,
-    lr: Annotated[float, typer.Option(help="Learning rate of the LoRA weights.")] = 1e-4,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length.")] = 64,
-    beta: Annotated[float, typer.Option(help="KL coefficient in the reward.")] = 0.05,
+    steps: Annotated[int, typer.Option(min=1, help="PPO steps (rollout + updates).")]
+    = PPOConfig.steps,
+    batch_size: Annotated[int, typer.Option(min=1, help="Answers per rollout.")]
+    = PPOConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="Learning rate of the LoRA weights.")]
+    = PPOConfig.learning_rate,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length.")]
+    = PPOConfig.max_new_tokens,
+    beta: Annotated[float, typer.Option(help="KL coefficient in the reward.")] = PPOConfig.beta,
     kl_cap: Annotated[float, typer.Option(help="Stop when the KL per answer passes this.")]
-    = 8.0,
+    = PPOConfig.kl_cap,
     prompt_limit: Annotated[int, typer.Option(min=1, help="User turns read from the store.")]
-    = 512,
+    = DEFAULT_PROMPT_LIMIT,
     warm_start: WarmStartOption = True,
     version: AdapterVersionOption = None,
-    seed: Annotated[int, typer.Option(help="Seeds sampling, prompt order and the init.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seeds sampling, prompt order and the init.")]
+    = PPOConfig.seed,
     processes: ProcessesOption = 1,
     db: DbOption = None,
     data_dir: DataDirOption = None,
@@ -58,7 +64,7 @@ def train_ppo_command(
     from flywheel.model_loading import load_model
     from trainer.data import user_prompts
     from trainer.distributed import on_main
-    from trainer.ppo import PPOConfig, prepare_policy, train_ppo
+    from trainer.ppo import prepare_policy, train_ppo
     from trainer.reward import RewardModel, current_reward_model, registered_version
 
     dp, device = run_on_processes(ctx, processes)
@@ -66,7 +72,8 @@ def train_ppo_command(
     engine = (open_store(settings.db_url, event_log=settings.event_log_path)  # rank 0's alone
               if dp.is_main else None)
     store = AdapterStore(settings.adapters_dir)
-    config = PPOConfig(steps=steps, batch_size=batch_size, minibatch_size=min(8, batch_size),
+    config = PPOConfig(steps=steps, batch_size=batch_size,
+                       minibatch_size=min(PPOConfig.minibatch_size, batch_size),
                        learning_rate=lr, max_new_tokens=max_new_tokens, beta=beta,
                        kl_cap=kl_cap, seed=seed)
 
@@ -131,15 +138,19 @@ def train_ppo_command(
 def train_dpo_command(
     ctx: typer.Context,
     data: DataFileOption = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the pairs.")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="Learning rate of the LoRA weights.")] = 1e-4,
-    beta: Annotated[float, typer.Option(help="Strength of DPO's implicit KL penalty.")] = 0.1,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the pairs.")] = DPOConfig.epochs,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per step.")] = DPOConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="Learning rate of the LoRA weights.")]
+    = DPOConfig.learning_rate,
+    beta: Annotated[float, typer.Option(help="Strength of DPO's implicit KL penalty.")]
+    = DPOConfig.beta,
     max_length: Annotated[int, typer.Option(
-        min=8, help="Prompt and answer tokens (the prompt loses its start first).")] = 512,
+        min=8, help="Prompt and answer tokens (the prompt loses its start first).")]
+    = DPOConfig.max_length,
     warm_start: WarmStartOption = True,
     version: AdapterVersionOption = None,
-    seed: Annotated[int, typer.Option(help="Seeds the split, the order and the init.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seeds the split, the order and the init.")]
+    = DPOConfig.seed,
     processes: ProcessesOption = 1,
     db: DbOption = None,
     data_dir: DataDirOption = None,
@@ -158,8 +169,8 @@ def train_dpo_command(
     from flywheel.model_loading import load_model
     from trainer.data import pairs_from_file, preference_pairs
     from trainer.distributed import on_main
-    from trainer.dpo import DPOConfig, train_dpo
-    from trainer.ppo import PPOConfig, prepare_policy
+    from trainer.dpo import train_dpo
+    from trainer.ppo import prepare_policy
 
     dp, device = run_on_processes(ctx, processes)
     settings = settings_from(db=db, data_dir=data_dir, model=model)

@@ -10,6 +10,7 @@ import typer
 
 from flywheel.cli.common import DataDirOption, DbOption, ModelOption, progress_bar, settings_from
 from flywheel.errors import FlywheelError
+from trainer.configs import DEFAULT_HELDOUT_FRACTION, DEFAULT_MAX_USER_SHARE, RewardConfig
 
 train_app = typer.Typer(no_args_is_help=True, help="Train the reward model or the policy.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a trained model.")
@@ -39,18 +40,25 @@ def train_reward(
     backbone: Annotated[Backbone, typer.Option(
         help="minilm: the packaged MiniLM encoder; policy-lora: LoRA on --model.")]
     = Backbone.minilm,
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training pairs.")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training pairs.")]
+    = RewardConfig.epochs,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per step.")]
+    = RewardConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = RewardConfig.lr,
     max_length: Annotated[int, typer.Option(
-        min=8, help="Tokens per conversation (the start is cut, the answer kept).")] = 256,
-    margin: Annotated[float, typer.Option(help="Bradley–Terry margin.")] = 0.0,
-    center_coef: Annotated[float, typer.Option(help="Reward centering weight.")] = 0.01,
+        min=8, help="Tokens per conversation (the start is cut, the answer kept).")]
+    = RewardConfig.max_length,
+    margin: Annotated[float, typer.Option(help="Bradley–Terry margin.")] = RewardConfig.margin,
+    center_coef: Annotated[float, typer.Option(help="Reward centering weight.")]
+    = RewardConfig.center_coef,
     heldout_fraction: Annotated[float, typer.Option(
-        min=0.0, max=0.9, help="Share of conversations held out for evaluation.")] = 0.1,
+        min=0.0, max=0.9, help="Share of conversations held out for evaluation.")]
+    = DEFAULT_HELDOUT_FRACTION,
     max_user_share: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="Most of the store's pairs one user may contribute.")] = 0.25,
-    seed: Annotated[int, typer.Option(help="Seeds the split, the order and the init.")] = 0,
+        min=0.0, max=1.0, help="Most of the store's pairs one user may contribute.")]
+    = DEFAULT_MAX_USER_SHARE,
+    seed: Annotated[int, typer.Option(help="Seeds the split, the order and the init.")]
+    = RewardConfig.seed,
     actor: Annotated[str | None, typer.Option(
         help="Who trains it, for the audit trail. \\[default: your login name]",
         show_default=False)] = None,
@@ -68,7 +76,7 @@ def train_reward(
     from feedback.models import utcnow
     from trainer.data import pairs_from_file, preference_pairs
     from trainer.distributed import on_main
-    from trainer.reward import RewardConfig, register_reward_model, train_reward_model
+    from trainer.reward import register_reward_model, train_reward_model
 
     dp, device = run_on_processes(ctx, processes)
     settings = settings_from(db=db, data_dir=data_dir, model=model)
@@ -130,7 +138,8 @@ def train_reward(
 def eval_reward(
     model: Annotated[Path, typer.Option("--model", help="A saved reward model directory.")],
     data: Annotated[Path, typer.Option("--data", help="A preference file to score.")],
-    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per batch.")]
+    = RewardConfig.eval_batch_size,
     data_dir: DataDirOption = None,
 ) -> None:
     """Score every pair of a preference file; prints, last, one JSON line with `accuracy`."""

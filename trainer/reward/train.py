@@ -5,12 +5,12 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainer.configs import RewardConfig
 from trainer.data import Label, Pair
 from trainer.distributed import ONE_PROCESS, DataParallel, data_parallel
 from trainer.reward.model import RewardModel
@@ -24,35 +24,6 @@ from trainer.rlhf.reward_losses import (
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int | None], None]  # (steps done, total steps)
 STATS_SAMPLE = 2048  # answers scored for the reward mean/std when nothing is held out
-
-
-@dataclass
-class RewardConfig:
-    """How to train a reward model. The defaults are the recipe tuned on MiniLM with
-    held-out HH harmless pairs (`bench/reward.py`); a LoRA backbone usually wants ~1e-4."""
-
-    backbone: str = "minilm"  # "minilm" (the packaged encoder) or "policy-lora"
-    base_model: str | None = None  # the policy, for policy-lora (path, hub id or "demo")
-    models_dir: Path | None = None  # where the demo model lives (default: the settings')
-    max_length: int = 256  # tokens per conversation, truncated from the left
-    epochs: int = 1  # passes over the training pairs
-    batch_size: int = 8  # pairs per step (both answers of each go in one forward pass)
-    lr: float = 3e-4  # peak AdamW learning rate (high: only the top layers and head train)
-    warmup_ratio: float = 0.1  # share of the steps spent warming the rate up linearly
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
-    max_grad_norm: float = 1.0  # gradient clipping
-    margin: float = 0.0  # Bradley–Terry margin: chosen must beat rejected by this much
-    center_coef: float = 0.01  # weight of mean((r_c + r_r)²): keeps rewards near zero
-    pointwise_coef: float = 0.5  # weight of the thumbs/flags term (labels, if any)
-    freeze_embeddings: bool = True  # MiniLM: keep the embeddings (half its weights) fixed
-    frozen_layers: int = 3  # MiniLM: also keep its lowest N of 6 transformer layers fixed
-    lora_r: int = 16  # LoRA rank, for policy-lora
-    eval_batch_size: int = 64  # sequences per batch when scoring
-    seed: int = 0
-    device: str | None = None  # default: CUDA when present, else CPU
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 def train_reward_model(train_pairs: Sequence[Pair], heldout_pairs: Sequence[Pair],
