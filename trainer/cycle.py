@@ -334,14 +334,27 @@ def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progr
     return reward_model, rm_dir, prompts[cut:] or prompts, prompts[:cut], split.train
 
 
-def _auto_promote(settings: Settings, engine: Engine, version: str, report: dict) -> None:
-    """Promote without an operator, only through the gate (an explicit setting)."""
-    win = report["reward_model_win_rate"]["rate"] or 0.0
+def promotion_gate(settings: Settings, report: dict) -> tuple[bool, dict]:
+    """Whether a candidate's evaluation report passes the auto-promotion gate, and the
+    figures it was judged on. The reward model's win rate over the live adapter must reach
+    `auto_promote_min_win_rate` and the low end of its 95% interval
+    `auto_promote_min_win_rate_low`: on a few dozen pairs a win rate of 0.58 is as likely
+    a worse candidate as a better one."""
+    judged = report["reward_model_win_rate"]
+    win, low = judged["rate"] or 0.0, judged["low"] or 0.0
     bad = report["empty_rate"] + report["degenerate_rate"]
-    gate = {"win_rate": win, "kl_to_base": report["kl_to_base"], "empty_or_degenerate": bad}
+    gate = {"win_rate": win, "win_rate_low": low, "pairs": judged["n"],
+            "kl_to_base": report["kl_to_base"], "empty_or_degenerate": bad}
     passed = (win >= settings.auto_promote_min_win_rate
+              and low >= settings.auto_promote_min_win_rate_low
               and report["kl_to_base"] <= settings.auto_promote_max_kl
               and bad <= settings.auto_promote_max_degenerate)
+    return passed, gate
+
+
+def _auto_promote(settings: Settings, engine: Engine, version: str, report: dict) -> None:
+    """Promote without an operator, only through the gate (an explicit setting)."""
+    passed, gate = promotion_gate(settings, report)
     with session_scope(engine) as session:
         if passed:
             registry.set_adapter_status(session, version=version, status="approved",

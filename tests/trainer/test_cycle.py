@@ -23,7 +23,7 @@ from flywheel.adapter_store import AdapterStore
 from flywheel.settings import Settings
 from tests.trainer.synthetic import synthetic_rows
 from trainer.checkpoints import checkpoint_path, load_state
-from trainer.cycle import LEASE, CycleConfig, run_cycle
+from trainer.cycle import LEASE, CycleConfig, promotion_gate, run_cycle
 from trainer.evaluate import EvalConfig
 from trainer.ppo import PPOConfig
 from trainer.reward import RewardConfig, current_reward_model
@@ -138,6 +138,7 @@ def test_the_next_cycle_warm_starts_from_the_live_adapter_and_gated_auto_promoti
         assert adapter.reward_model_version == in_use == adapter.eval_report["reward_model"]
     open_gate = settings.model_copy(update={"auto_promote": True,
                                             "auto_promote_min_win_rate": 0,
+                                            "auto_promote_min_win_rate_low": 0,
                                             "auto_promote_max_kl": 1e9,
                                             "auto_promote_max_degenerate": 2})
     third = run_cycle(open_gate, engine, tiny(), force=True)
@@ -269,3 +270,22 @@ def test_a_cycle_by_another_method_names_it_in_the_candidates_report(loop, metho
     assert report["method"] == method and report["parent"] is None
     assert report["reward_model"] == "rm-0001" and method in result.metrics
     assert not (settings.data_dir / "training-state" / f"{result.adapter_version}.pt").exists()
+
+
+def _report(rate: float, low: float, kl: float = 1.0, degenerate: float = 0.0) -> dict:
+    return {"reward_model_win_rate": {"rate": rate, "low": low, "high": 1.0, "n": 64},
+            "kl_to_base": kl, "empty_rate": 0.0, "degenerate_rate": degenerate}
+
+
+@pytest.mark.parametrize(("report", "passes"), [
+    (_report(0.906, 0.83), True),
+    (_report(0.578, 0.45), False),  # a higher figure, but as likely worse as better
+    (_report(0.53, 0.51), False),  # sure, but not by enough
+    (_report(0.906, 0.83, kl=5.3), False),
+    (_report(0.906, 0.83, degenerate=0.2), False),
+])
+def test_the_gate_wants_a_candidate_better_with_confidence(report, passes) -> None:
+    passed, gate = promotion_gate(Settings(), report)
+    assert passed is passes
+    assert (gate["win_rate"], gate["win_rate_low"], gate["pairs"]) == (
+        report["reward_model_win_rate"]["rate"], report["reward_model_win_rate"]["low"], 64)
