@@ -80,8 +80,8 @@ class Settings(BaseSettings):
     cycle_config: Path | None = None
     auto_promote: bool = False  # promote a candidate that passes the gate, without an operator
     auto_promote_min_win_rate: float = 0.55  # reward-model win rate over the live adapter
-    # ... and the low end of its 95% interval (bootstrap): 0.5 asks for a candidate better
-    # than the live adapter with 95% confidence; 0 turns the check off
+    # ... and the low end of its 95% interval (bootstrap) above this: 0.5 asks for a
+    # candidate better than the live adapter with 95% confidence; -1 turns it off
     auto_promote_min_win_rate_low: float = 0.5
     auto_promote_max_kl: float = 5.0  # nats per answer to the base model
     auto_promote_max_degenerate: float = 0.1  # share of empty or degenerate answers

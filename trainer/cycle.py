@@ -337,7 +337,7 @@ def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progr
 def promotion_gate(settings: Settings, report: dict) -> tuple[bool, dict]:
     """Whether a candidate's evaluation report passes the auto-promotion gate, and the
     figures it was judged on. The reward model's win rate over the live adapter must reach
-    `auto_promote_min_win_rate` and the low end of its 95% interval
+    `auto_promote_min_win_rate`, and the low end of its 95% interval must lie above
     `auto_promote_min_win_rate_low`: on a few dozen pairs a win rate of 0.58 is as likely
     a worse candidate as a better one."""
     judged = report["reward_model_win_rate"]
@@ -346,7 +346,7 @@ def promotion_gate(settings: Settings, report: dict) -> tuple[bool, dict]:
     gate = {"win_rate": win, "win_rate_low": low, "pairs": judged["n"],
             "kl_to_base": report["kl_to_base"], "empty_or_degenerate": bad}
     passed = (win >= settings.auto_promote_min_win_rate
-              and low >= settings.auto_promote_min_win_rate_low
+              and low > settings.auto_promote_min_win_rate_low
               and report["kl_to_base"] <= settings.auto_promote_max_kl
               and bad <= settings.auto_promote_max_degenerate)
     return passed, gate

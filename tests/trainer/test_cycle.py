@@ -138,7 +138,7 @@ def test_the_next_cycle_warm_starts_from_the_live_adapter_and_gated_auto_promoti
         assert adapter.reward_model_version == in_use == adapter.eval_report["reward_model"]
     open_gate = settings.model_copy(update={"auto_promote": True,
                                             "auto_promote_min_win_rate": 0,
-                                            "auto_promote_min_win_rate_low": 0,
+                                            "auto_promote_min_win_rate_low": -1,
                                             "auto_promote_max_kl": 1e9,
                                             "auto_promote_max_degenerate": 2})
     third = run_cycle(open_gate, engine, tiny(), force=True)
@@ -281,6 +281,7 @@ def _report(rate: float, low: float, kl: float = 1.0, degenerate: float = 0.0) -
     (_report(0.906, 0.83), True),
     (_report(0.578, 0.45), False),  # a higher figure, but as likely worse as better
     (_report(0.53, 0.51), False),  # sure, but not by enough
+    (_report(0.594, 0.5), False),  # the interval reaches a coin toss
     (_report(0.906, 0.83, kl=5.3), False),
     (_report(0.906, 0.83, degenerate=0.2), False),
 ])
