@@ -10,7 +10,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-log = logging.getLogger("server.app")
+log = logging.getLogger("server.app")  # the name these lines have always had
 
 
 class AccessLog:
@@ -39,6 +39,6 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, logged_send)
-        except BaseException:
+        except Exception:  # not a cancellation: a client that left has no status
             log_once(500)  # the error middleware outside answers it
             raise
