@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
                                          tokenizer=generation.tokenizer, adapters=manager,
                                          metrics=metrics, max_context=generation.max_context,
                                          settings=settings, limiter=app.state.rate_limiter)
-            log.info("serving %s%s", settings.model, " (random-weight demo model)"
+            log.info("serving %s%s", settings.model, " (the built-in demo model, a toy)"
                      if generation.is_demo else "")
             startup.finish()
 
