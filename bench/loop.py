@@ -171,7 +171,8 @@ def main() -> None:
                   "turns_per_s": [c["turns_per_s"] for c in crowd]},
         "cycle_runs": [{k: c[k] for k in ("run_id", "status", "version", "promoted", "minutes",
                                           "votes_used", "reward_accuracy", "rm_win_rate",
-                                          "kl_to_base", "judge") if k in c} for c in cycles],
+                                          "rm_win_rate_low", "kl_to_base", "judge") if k in c}
+                       for c in cycles],
         "data_dir": str(data_dir)}))
 
 
@@ -241,11 +242,12 @@ def _wait_for_cycle(engine, *, after: int, deadline: float) -> dict | None:
                 report = (registry.get_adapter(session, version=run.adapter_version).eval_report
                           if run.adapter_version else {})
                 window = run.data_window.get("new_feedback", {})
+                judged = report.get("reward_model_win_rate") or {}  # the gate's figures
                 return {"run_id": run.id, "status": run.status, "version": run.adapter_version,
                         "promoted": promoted, "new_votes": sum(window.values()),
                         "kl_to_base": report.get("kl_to_base"),
                         "reward_accuracy": run.metrics.get("reward", {}).get("accuracy"),
-                        "rm_win_rate": (report.get("reward_model_win_rate") or {}).get("rate")}
+                        "rm_win_rate": judged.get("rate"), "rm_win_rate_low": judged.get("low")}
         time.sleep(2)
     return None
 
