@@ -61,13 +61,14 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
     async def lifespan(app: FastAPI):
         # Blocking work runs in `threads` worker threads, FastAPI's (sync routes and
         # dependencies) and asyncio's (to_thread) alike; the pool has a connection for each.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        threads = settings.worker_threads()
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(settings.threads, thread_name_prefix="flywheel"))
+            ThreadPoolExecutor(threads, thread_name_prefix="flywheel"))
         # First: a short or empty key fails before anything is started.
         settings.secret_key = settings.resolved_secret_key()
         db = open_store(settings.db_url, event_log=settings.event_log_path,
-                        pool_size=settings.threads, wait_s=settings.db_wait_s)
+                        pool_size=threads, wait_s=settings.db_wait_s)
         metrics = Metrics()
         metrics.registry.register(WatchGauges(db, settings))
         app.state.settings = settings

@@ -85,13 +85,15 @@ def run_until_stopped(app, what: str, settings, **uvicorn_options) -> None:
     """Serve `app` with uvicorn. It answers at once while its model loads in the background
     (logging each stage; /healthz or /health says "starting"); a start-up that fails stops
     it, and the command then exits with that error as one line. torch gets the threads
-    `settings.serving_torch_threads()` gives it, first."""
+    `settings.serving_torch_threads()` gives it, first; idle connections stay open
+    `settings.keep_alive_s`."""
     import torch
     import uvicorn
 
     if (threads := settings.serving_torch_threads()) is not None:
         torch.set_num_threads(threads)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
+                                           timeout_keep_alive=settings.keep_alive_s,
                                            **uvicorn_options))
     app.state.startup.on_failure = lambda: setattr(server, "should_exit", True)
     server.run()

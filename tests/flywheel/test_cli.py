@@ -414,7 +414,7 @@ def test_an_error_is_exactly_one_line_of_stderr(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
 
 
-def test_a_serving_process_gives_torch_the_threads_its_settings_say(
+def test_a_serving_process_gives_torch_the_threads_and_keep_alive_its_settings_say(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
@@ -423,7 +423,7 @@ def test_a_serving_process_gives_torch_the_threads_its_settings_say(
 
     from flywheel.cli.serving import run_until_stopped
 
-    seen = []
+    seen, configured = [], {}
 
     class Server:
         def __init__(self, config):
@@ -434,11 +434,12 @@ def test_a_serving_process_gives_torch_the_threads_its_settings_say(
 
     before = torch.get_num_threads()
     monkeypatch.setattr(uvicorn, "Server", Server)
-    monkeypatch.setattr(uvicorn, "Config", lambda app, **options: None)
+    monkeypatch.setattr(uvicorn, "Config", lambda app, **options: configured.update(options))
     app = types.SimpleNamespace(state=types.SimpleNamespace(
         startup=types.SimpleNamespace(on_failure=None, error=None)))
     try:
-        run_until_stopped(app, "server", Settings(torch_threads=1))
+        run_until_stopped(app, "server", Settings(torch_threads=1, keep_alive_s=30))
     finally:
         torch.set_num_threads(before)
     assert seen == [1]
+    assert configured["timeout_keep_alive"] == 30  # uvicorn's own default is 5 s

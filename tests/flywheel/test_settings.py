@@ -156,3 +156,21 @@ def test_zero_torch_threads_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLYWHEEL_TORCH_THREADS", "0")
     with pytest.raises(ValueError, match="at least 1 thread"):
         Settings()
+
+
+def test_worker_threads_are_four_per_core_at_most_32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert Settings().worker_threads() == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert Settings().worker_threads() == 32
+    monkeypatch.setenv("FLYWHEEL_THREADS", "40")
+    assert Settings().worker_threads() == 40
+    monkeypatch.setenv("FLYWHEEL_THREADS", "0")
+    with pytest.raises(ValueError, match="at least 1 thread"):
+        Settings()
+
+
+def test_keep_alive_outlasts_httpx_pool_expiry() -> None:
+    assert Settings().keep_alive_s > 5  # httpx keeps an idle connection 5 s
+    with pytest.raises(ValueError, match="at least 1 second"):
+        Settings(keep_alive_s=0)

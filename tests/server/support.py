@@ -222,8 +222,11 @@ class LiveServer:
 
     def __init__(self, app) -> None:
         self.app = app
+        # Idle connections stay open as long as `flywheel serve` keeps them: with uvicorn's
+        # 5 s (httpx's pool expiry too), a client may reuse one as the server closes it.
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                ws="websockets-sansio", lifespan="on")
+                                ws="websockets-sansio", lifespan="on",
+                                timeout_keep_alive=Settings.model_fields["keep_alive_s"].default)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 

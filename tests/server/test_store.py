@@ -13,7 +13,7 @@ from feedback.db import session_scope
 from feedback.queries import conversations as convs
 from tests.server.support import LiveServer, add_user, app_on_database, assert_error, bearer
 
-VOTERS = 100  # more than the threads of a default server (40)
+VOTERS = 100  # more than a default server's threads (4 per core, at most 32)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
