@@ -131,16 +131,23 @@ class GenerationEngine:
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        adapter: str | None = None) -> AsyncIterator[Event]:
         """Stream the answer to `prompt_ids`: Token events, then Finished (or Failed).
-        Leaving the loop early (a client that went away) frees the slot at once."""
+        Leaving the loop early (a client that went away) frees the slot at once.
+
+        Tokens that arrived while this stream waited for its turn on the event loop come
+        as one Token: a busy server sends fewer, longer chunks (each chunk costs the server
+        and the client about as much as a one-token chunk), and never waits to merge."""
         request = GenerationRequest(prompt_ids, params, adapter, asyncio.get_running_loop())
         self._pending.put(request)
         self._wake.set()
         try:
             while True:
-                event = await request.events.get()
-                yield event
-                if not isinstance(event, Token):
-                    return
+                ready = [await request.events.get()]
+                while not request.events.empty():
+                    ready.append(request.events.get_nowait())
+                for event in _merge_tokens(ready):
+                    yield event
+                    if not isinstance(event, Token):
+                        return
         finally:
             request.cancelled = True
             self._wake.set()
@@ -356,6 +363,17 @@ def _deliver(outbox: list[tuple[GenerationRequest, Event]]) -> None:
 def _put_all(items: list[tuple[asyncio.Queue, Event]]) -> None:
     for events, event in items:
         events.put_nowait(event)
+
+
+def _merge_tokens(events: list[Event]) -> list[Event]:
+    """The events in order, with each run of Tokens joined into one."""
+    merged: list[Event] = []
+    for event in events:
+        if isinstance(event, Token) and merged and isinstance(merged[-1], Token):
+            merged[-1] = Token(merged[-1].text + event.text)
+        else:
+            merged.append(event)
+    return merged
 
 
 def _left_pad(t: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:

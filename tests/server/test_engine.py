@@ -134,6 +134,25 @@ def test_seeded_sampling_reproduces_alone_and_in_a_batch(demo, engine) -> None:
     assert asyncio.run(other_seed()) != first
 
 
+def test_tokens_queued_while_the_loop_was_busy_come_as_one_event(demo, engine,
+                                                                 references) -> None:
+    """A consumer that falls behind the engine gets what piled up merged, never lost."""
+    async def scenario():
+        events = []
+        async for event in engine.generate(_ids(demo, PROMPTS[1]), GREEDY):
+            events.append(event)
+            if len(events) == 1:
+                wait_until(lambda: engine.active == 0, what="the answer to finish")  # blocks
+        return events
+
+    events = asyncio.run(scenario())
+
+    first, merged, finished = events  # the rest of the answer arrived as one Token
+    assert isinstance(first, Token) and isinstance(merged, Token)
+    assert first.text + merged.text == finished.text == references[PROMPTS[1]]
+    assert (finished.reason, finished.completion_tokens) == ("length", 12)
+
+
 def test_a_stop_string_ends_the_answer_before_it(demo, engine, references) -> None:
     reference = references[PROMPTS[1]]
     stop = reference[len(reference) // 2:][:4]  # text from the middle of the answer
