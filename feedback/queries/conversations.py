@@ -80,12 +80,16 @@ def add_message(session: Session, *, conversation_id: int, role: str, content: s
 
 
 def get_message(session: Session, *, message_id: int, user_id: int | None = None) -> Message:
-    """The message; with `user_id`, only if it is in that user's conversation."""
-    message = session.get(Message, message_id)
+    """The message; with `user_id`, only if it is in that user's conversation (one query:
+    every vote asks this)."""
+    if user_id is None:
+        message = session.get(Message, message_id)
+    else:
+        message = session.exec(
+            select(Message).join(Conversation, col(Conversation.id) == Message.conversation_id)
+            .where(Message.id == message_id, Conversation.user_id == user_id)).first()
     if message is None:
         raise NotFound(f"message {message_id} not found")
-    if user_id is not None:
-        get_conversation(session, conversation_id=message.conversation_id, user_id=user_id)
     return message
 
 
