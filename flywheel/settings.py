@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # event loop's own worker threads (PostgreSQL: at most 2 × threads connections).
     # Default 4 per core, at most 32 (`worker_threads`): more threads than that only
     # queue on the interpreter lock, and the event loop (streams, /healthz) waits behind
-    # them; with 40 on 2 cores, /healthz's p99 under 100 voters was 80–134 ms, with 8 34–43.
+    # them; with 40 on 2 cores, /healthz's p99 under 100 voters was 80–136 ms, with 8 33–50.
     threads: int | None = None
     # How long an idle HTTP connection stays open (uvicorn's default is 5 s, which is also
     # httpx's pool expiry: a client reusing a connection just as the server closes it gets
