@@ -13,6 +13,7 @@ DEFAULT_MAX_USER_SHARE = 0.25
 DEFAULT_HELDOUT_FRACTION = 0.1
 DEFAULT_PROMPT_LIMIT = 512  # user turns read from the store for policy training
 
+
 @dataclass
 class RewardConfig:
     """How to train a reward model. The defaults are the recipe tuned on MiniLM with
