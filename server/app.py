@@ -1,6 +1,7 @@
 """The FastAPI app: serving objects are built once in the lifespan, routers stay thin."""
 
 import asyncio
+import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
 
         async with AsyncExitStack() as stack:
             stack.callback(db.dispose)
+            stack.callback(gc.unfreeze)  # frozen when it was ready (`freeze_heap`)
             loading = _keep(stack, _failing_into(startup, serve_model(stack),
                                                  reraise=model is not None))
             if model is not None:  # handed in: ready before the first request

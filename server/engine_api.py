@@ -18,6 +18,7 @@ Errors take vLLM's shape: `{"error": {"message", "type", "param", "code"}}`.
 """
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -224,6 +225,7 @@ def create_engine_app(*, model: str, models_dir: Path, max_batch: int = 32,
             yield
         finally:
             loading.cancel()
+            gc.unfreeze()  # frozen when it was ready (`freeze_heap`)
             if getattr(app.state, "service", None) is not None:
                 app.state.service.engine.stop()
 

@@ -9,6 +9,7 @@ later). Once ready it steps aside.
 """
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -53,6 +54,7 @@ class Startup:
                      extra={"stage": stage, "elapsed_s": self.elapsed_s})
 
     def finish(self) -> None:
+        freeze_heap()
         self.stage, self.ready = "ready", True
         log.info("ready after %.1f s", self.elapsed_s, extra={"elapsed_s": self.elapsed_s})
 
@@ -61,6 +63,16 @@ class Startup:
         log.error("start-up failed while %s: %s", stage, self.error, exc_info=error)
         if self.on_failure is not None:
             self.on_failure()
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the model, its tokenizer, the libraries' modules) out
+    of the garbage collector's sight, once, when serving starts: a full collection walked
+    them all, holding the interpreter lock 130-360 ms, and every request waited for it
+    (17 of them in a 15 s load run, the /healthz p99). Reference counting still frees
+    them; `gc.unfreeze()` at shutdown hands them back to the collector."""
+    gc.collect()
+    gc.freeze()
 
 
 class StartupGate:
