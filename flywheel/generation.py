@@ -71,16 +71,42 @@ def left_padded(rows: list[list[int]], pad_id: int, device: torch.device | str =
     return ids, attention, (attention.cumsum(-1) - 1).clamp(min=0)
 
 
-def inverse_cdf(cdf: Tensor, uniform: Tensor) -> Tensor:
+CDF_BLOCK = 256  # tokens per block of the two-level inverse CDF
+
+
+def inverse_cdf(weights: Tensor, uniform: Tensor, block: int = CDF_BLOCK) -> Tensor:
     """One token per row by inverting its (unnormalised) CDF at a uniform draw.
 
-    cdf: [B, V] non-decreasing, cdf[:, -1] > 0; uniform: [B] in [0, 1). Returns [B] ids.
-    The pick is the first token whose CDF exceeds `uniform * total`, so a token of zero
-    probability (a flat step of the CDF) is never drawn. One random number per row, where
-    `torch.multinomial` draws a vocabulary's worth.
+    weights: [B, V] non-negative, each row's total > 0; uniform: [B] in [0, 1). Returns [B]
+    ids. The pick is the first token whose running sum of weights exceeds
+    `uniform * total`, so a token of weight zero (a flat step of the CDF) is never drawn.
+    One random number per row, where `torch.multinomial` draws a vocabulary's worth.
+
+    In two levels, the same pick as one running sum over V: the running sum of the sums of
+    blocks of `block` tokens finds the block the draw lands in, and a running sum inside
+    that block finds the token. A running sum is sequential; over 16 rows of a 30k
+    vocabulary it took a third of a decode step, the block sums are a plain reduction.
     """
-    target = (uniform * cdf[:, -1]).unsqueeze(-1)
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+    rows, vocab = weights.shape
+    whole = vocab - vocab % block
+    sums = weights[:, :whole].reshape(rows, -1, block).sum(-1)
+    if whole < vocab:
+        sums = torch.cat([sums, weights[:, whole:].sum(-1, keepdim=True)], dim=1)
+    ends = sums.cumsum(-1)  # [B, blocks]: the CDF at each block's last token
+    target = uniform * ends[:, -1]
+    # The first block whose end exceeds the target has a positive sum, so it holds a token
+    # of positive weight past the target.
+    chosen = torch.searchsorted(ends, target[:, None], right=True).clamp(max=ends.shape[1] - 1)
+    before = (ends.gather(1, chosen) - sums.gather(1, chosen)).squeeze(1)
+    index = chosen * block + torch.arange(block, device=weights.device)  # [B, block]
+    inside = weights.gather(1, index.clamp(max=vocab - 1)) * (index < vocab)
+    running = inside.cumsum(-1)
+    # The target inside the block, kept below its total: sums in another order may round
+    # it past the block's end, which would land on a zero weight at the end.
+    offset = torch.minimum((target - before).clamp(min=0),
+                           torch.nextafter(running[:, -1], torch.zeros_like(target)))
+    step = torch.searchsorted(running, offset[:, None], right=True)
+    return (index.gather(1, step.clamp(max=block - 1))).squeeze(1)
 
 
 def sample_logits(logits: Tensor, uniform: Tensor) -> Tensor:
@@ -89,5 +115,4 @@ def sample_logits(logits: Tensor, uniform: Tensor) -> Tensor:
     logits: [B, V] (−inf where a token is excluded; at least one finite per row);
     uniform: [B] in [0, 1). Returns [B] ids.
     """
-    weights = (logits - logits.amax(-1, keepdim=True)).exp()
-    return inverse_cdf(weights.cumsum(-1), uniform)
+    return inverse_cdf(logits.softmax(-1), uniform)

@@ -202,8 +202,8 @@ def draw(logits: Tensor, temperature: float, generator: torch.Generator | None =
     shifted = logits - logits.amax(-1, keepdim=True)
     weights = shifted.exp()
     total = weights.sum(-1)
-    cdf = weights.cumsum(-1)
-    token = inverse_cdf(cdf, torch.rand(len(logits), device=logits.device, generator=generator))
+    token = inverse_cdf(weights, torch.rand(len(logits), device=logits.device,
+                                             generator=generator))
     log_total = total.log()
     logprob = shifted.gather(1, token[:, None]).squeeze(1) - log_total
     entropy = log_total - (weights * shifted).sum(-1) / total

@@ -79,10 +79,31 @@ def test_left_padded_rows_are_right_aligned_with_positions_from_zero() -> None:
 def test_inverse_cdf_picks_the_first_token_past_the_draw() -> None:
     # weights 1, 0, 3: the CDF is 1, 1, 4 (total 4). Draws of 0.2 and 0.25 land at 0.8 and
     # 1.0: token 0, then past token 1's flat step (zero probability) to token 2.
-    cdf = torch.tensor([[1.0, 1.0, 4.0]]).repeat(4, 1)
+    weights = torch.tensor([[1.0, 0.0, 3.0]]).repeat(4, 1)
     uniform = torch.tensor([0.0, 0.2, 0.25, 0.9999])
 
-    assert inverse_cdf(cdf, uniform).tolist() == [0, 0, 2, 2]
+    assert inverse_cdf(weights, uniform).tolist() == [0, 0, 2, 2]
+    assert inverse_cdf(weights, uniform, block=2).tolist() == [0, 0, 2, 2]
+
+
+def test_inverse_cdf_in_blocks_picks_what_one_running_sum_picks() -> None:
+    # Vocabularies shorter than, equal to and not a multiple of the block; half the weights
+    # zero, some rows' blocks all zero; draws anywhere, up to just below 1.
+    generator = torch.Generator().manual_seed(0)
+    for vocab in (1, 7, 64, 65, 1000, 30522):
+        weights = torch.rand(32, vocab, generator=generator) ** 8
+        weights[torch.rand(32, vocab, generator=generator) < 0.5] = 0.0
+        weights[:8, : vocab // 2] = 0.0
+        weights[:, -1] += 1e-3  # every row has a positive total
+        uniform = torch.rand(32, generator=generator)
+        uniform[0] = 1.0 - 2**-24
+        cdf = weights.cumsum(-1)
+        one_pass = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
+
+        picked = inverse_cdf(weights, uniform, block=64)
+
+        assert picked.tolist() == one_pass.squeeze(1).clamp(max=vocab - 1).tolist()
+        assert (weights.gather(1, picked[:, None]) > 0).all()
 
 
 def test_sample_logits_never_draws_an_excluded_token() -> None:
