@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -29,6 +32,20 @@ def test_upgrade_runs_once_and_reaches_head(db_url):
     assert current_revision(engine) == _head(engine) == "0006"
     assert set(inspect(engine).get_table_names()) == tables
     assert tables == set(SQLModel.metadata.tables) | {"alembic_version"}
+    engine.dispose()
+
+
+def test_processes_starting_at_once_on_a_new_database_all_migrate_it(db_url):
+    # A gateway and a worker started together on a new PostgreSQL database: all but one
+    # failed on a duplicate CREATE before migrations took turns.
+    script = "import sys; from feedback.db import open_store; open_store(sys.argv[1])"
+    starts = [subprocess.Popen([sys.executable, "-c", script, db_url], stderr=subprocess.PIPE,
+                               text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in starts]
+
+    assert [p.returncode for p in starts] == [0] * 4, "\n".join(errors)
+    engine = make_engine(db_url)
+    assert current_revision(engine) == _head(engine)
     engine.dispose()
 
 
