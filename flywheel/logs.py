@@ -61,3 +61,5 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "migrating…" on every start
+    # A line per HTTP call: a gateway checks each backend every second.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

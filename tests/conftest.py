@@ -86,7 +86,8 @@ def _restore_logging():
     handlers, level = root.handlers[:], root.level
     yield
     root.handlers[:], root.level = handlers, level
-    logging.getLogger("alembic").setLevel(logging.NOTSET)
+    for name in ("alembic", "httpx"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 @pytest.fixture(autouse=True)

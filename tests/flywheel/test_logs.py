@@ -1,7 +1,7 @@
 import json
 import logging
 
-from flywheel.logs import JsonFormatter, TextFormatter
+from flywheel.logs import JsonFormatter, TextFormatter, configure_logging
 
 
 def _record(**extra) -> logging.LogRecord:
@@ -26,3 +26,9 @@ def test_text_lines_append_extra_fields_as_key_value_pairs():
     line = TextFormatter().format(_record(status=200, ms=3.5))
     assert line.endswith("server.chat: answer ok status=200 ms=3.5")
     assert TextFormatter().format(_record()).endswith("answer ok")
+
+
+def test_a_gateway_does_not_log_a_line_per_backend_check():
+    configure_logging()
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    assert logging.getLogger("server.gateway").isEnabledFor(logging.INFO)
