@@ -12,7 +12,14 @@ from sqlmodel import func, select
 from feedback.models import Conversation, Message
 from server.engine import Failed, Token
 from server.sampling import MAX_STOP_CHARS
-from tests.server.support import add_user, assert_error, bearer, db_session, greedy_references
+from tests.server.support import (
+    add_user,
+    assert_error,
+    bearer,
+    db_session,
+    greedy_references,
+    wait_until,
+)
 
 PROMPT = "write a haiku about tests"
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -155,6 +162,21 @@ def test_a_generation_failing_mid_stream_ends_with_the_one_error_shape(app, http
         "message": "generation failed: the device fell over", "type": "server_error",
         "code": "generation_failed"}}
     assert "[DONE]" not in events
+
+
+def test_a_client_leaving_mid_stream_frees_the_engine(app, http) -> None:
+    engine = app.state.chat.engine
+    before = engine.tokens_generated
+    body = {"model": "demo", "messages": MESSAGES, "max_tokens": 400, "temperature": 0,
+            "stream": True, "n": 2}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        next(line for line in response.iter_lines() if '"content":"' in line and
+             '"content":""' not in line)  # the first piece of an answer, then away
+
+    wait_until(lambda: engine.active == 0, what="the abandoned answers to leave the batch")
+    assert engine.tokens_generated - before < 400  # of the 800 asked for
+    assert http.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2,
+                                                   "n": 1}).status_code == 200
 
 
 def test_n_answers_stream_side_by_side_and_can_be_ranked(sdk, http, app) -> None:
