@@ -21,7 +21,24 @@ const state = {
   parentId: null, // the answer the next turn follows
   turn: null, // the turn being streamed
   queued: null, // a frame to send once the socket is open
+  demo: false, // the server runs the built-in demo model (GET /healthz)
 };
+
+// The built-in demo model speaks only its little language ("Tell me about the weather."):
+// an empty chat says so, with questions it can answer, sent with a click.
+const DEMO_QUESTIONS = ["Tell me about the weather.", "Tell me about my cat.",
+  "Tell me about a holiday."];
+
+function emptyState() {
+  const intro = "Ask anything. Rate the answers: your votes train the next version of the model.";
+  if (!state.demo) return h("p", { class: "empty-state", id: "empty-state" }, intro);
+  return h("div", { class: "empty-state", id: "empty-state" },
+    h("p", {}, intro),
+    h("p", {}, "This server runs the built-in demo model, a toy that speaks a little " +
+      "language: it answers questions like these."),
+    h("div", { class: "suggestions" }, DEMO_QUESTIONS.map((question) =>
+      h("button", { type: "button", onclick: () => startTurn(question) }, question))));
+}
 
 // -- the websocket ---------------------------------------------------------------------
 
@@ -415,8 +432,7 @@ function newChat() {
   state.conversationId = null;
   state.parentId = null;
   history.replaceState(null, "", location.pathname);
-  $("messages").replaceChildren(h("p", { class: "empty-state", id: "empty-state" },
-    "Ask anything. Rate the answers: your votes train the next version of the model."));
+  $("messages").replaceChildren(emptyState());
   loadConversations();
   closeSidebar();
   $("prompt").focus();
@@ -526,6 +542,12 @@ async function main() {
     $("whoami").textContent = me.handle;
   } catch (error) {
     showBanner(describeError(error));
+  }
+  try {
+    state.demo = (await api("/healthz")).demo === true;
+    if (state.demo) $("empty-state")?.replaceWith(emptyState());
+  } catch {
+    // a server that is starting answers 503: the plain empty state stays
   }
   connect();
   await loadConversations();

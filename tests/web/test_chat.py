@@ -70,6 +70,25 @@ def test_send_streams_then_thumb_is_stored(page, live, db):
     assert page.errors == []
 
 
+def test_an_empty_chat_on_the_demo_model_offers_questions_it_can_answer(page, live, db):
+    page.goto(live.url)
+    suggestions = page.locator("#empty-state .suggestions button")
+    expect(suggestions).to_have_count(3)
+    expect(page.locator("#empty-state")).to_contain_text("built-in demo model")
+
+    suggestions.first.click()
+    expect(page.locator("#messages .message.user").first).to_contain_text(
+        "Tell me about the weather.")
+    expect(page.locator(ANSWER)).to_have_count(1)
+    expect(page.locator("#empty-state")).to_have_count(0)
+    with db() as session:
+        assert session.get(Message, answer_id(page)).parent_id is not None
+
+    page.get_by_role("button", name="+ New chat").click()
+    expect(suggestions).to_have_count(3)  # a new chat offers them again
+    assert page.errors == []
+
+
 def test_side_by_side_pick_is_stored(page, live, db):
     page.goto(live.url)
     page.get_by_label("Compare two answers").check()
