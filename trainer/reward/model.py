@@ -181,9 +181,11 @@ class RewardModel(nn.Module):
         if self.pooling != "answer":
             return [(seq, 1) for seq in ids]
         # WordPiece splits at whitespace first, so the answer's line tokenizes alone as
-        # it does at the end of the conversation.
+        # it does at the end of the conversation. Only its length is needed, up to the
+        # sequence's (uncut, a long answer had the tokenizer warn of indexing errors).
         answers = self.tokenizer([plain_text([{"role": "assistant", "content": c}])
-                                  for c in completions], add_special_tokens=False)["input_ids"]
+                                  for c in completions], add_special_tokens=False,
+                                 truncation=True, max_length=self.max_length)["input_ids"]
         return [(seq, max(1, min(len(answer), len(seq) - 2)))
                 for seq, answer in zip(ids, answers, strict=True)]
 

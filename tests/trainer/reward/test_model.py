@@ -27,6 +27,14 @@ def test_minilm_renders_roles_and_keeps_the_end(minilm):
     assert text.startswith("[CLS]") and text.endswith("assistant : the answer survives [SEP]")
 
 
+def test_an_answer_longer_than_the_window_is_cut_without_a_warning(minilm, caplog):
+    minilm.tokenizer.deprecation_warnings.clear()  # the tokenizer warns once, then never
+    (ids, answer), = minilm.encode([PROMPT], ["word " * 600])  # 600 tokens > MiniLM's 512
+
+    assert len(ids) == 16 and answer == 14  # all but [CLS] and [SEP]
+    assert "indexing errors" not in caplog.text
+
+
 def test_minilm_pools_over_the_answer_only(minilm):
     encoded = minilm.encode([PROMPT, PROMPT], ["Hi!", "Hello, you."])
     ids, mask, pool = minilm.collate(encoded)
