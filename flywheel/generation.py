@@ -106,7 +106,7 @@ def inverse_cdf(weights: Tensor, uniform: Tensor, block: int = CDF_BLOCK) -> Ten
     offset = torch.minimum((target - before).clamp(min=0),
                            torch.nextafter(running[:, -1], torch.zeros_like(target)))
     step = torch.searchsorted(running, offset[:, None], right=True)
-    return (index.gather(1, step.clamp(max=block - 1))).squeeze(1)
+    return index.gather(1, step.clamp(max=block - 1)).squeeze(1)
 
 
 def sample_logits(logits: Tensor, uniform: Tensor) -> Tensor:
