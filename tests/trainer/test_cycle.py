@@ -156,8 +156,11 @@ from trainer.ppo import PPOConfig
 settings = Settings(data_dir=sys.argv[1], model="demo")
 run_cycle(settings, open_store(settings.db_url),
           tiny(lease_ttl_s=2.0, ppo=PPOConfig(steps=10_000, batch_size=4, minibatch_size=4,
-                                              ppo_epochs=1, max_new_tokens=4)))
+                                              ppo_epochs=1, max_new_tokens=4,
+                                              checkpoint_every=100_000)))
 """
+# No checkpoint before the kill: a run killed with one is resumed, not failed (the next test).
+# With the default of 10 steps, a fast machine wrote one between two polls.
 
 
 def test_a_worker_killed_mid_ppo_leaves_nothing_half_made(loop):
@@ -180,6 +183,7 @@ def test_a_worker_killed_mid_ppo_leaves_nothing_half_made(loop):
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
+    assert not checkpoint_path(settings.data_dir, running[0].id).exists()
     with session_scope(engine) as session:
         assert registry.list_adapters(session) == []
     assert AdapterStore(settings.adapters_dir).list_versions() == []
