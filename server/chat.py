@@ -197,12 +197,14 @@ class ChatService:
             self.metrics.active_streams.dec()
             self.adapters.release(adapter_version)
 
-    async def answer(self, *, prompt_ids: list[int], prompt_message_id: int,
+    async def answer(self, *, prompt_ids: list[int], prompt_message_id: int | Awaitable[int],
                      params: SamplingParams, adapter_version: str | None,
                      on_text: OnText) -> Answer:
         """Stream one answer through `on_text` (each new piece of text; returning False
         stops the answer, keeping what was sent) and record it. A failed generation is a
-        500 `generation_failed`, and nothing is recorded."""
+        500 `generation_failed`, and nothing is recorded. The prompt may still be being
+        stored (`prompt_message_id` awaitable): generation need not wait for the store,
+        and the answer is recorded once the prompt is."""
         started = time.perf_counter()
         text, finished = "", None
         async with contextlib.aclosing(self.stream(prompt_ids, params,
@@ -218,6 +220,8 @@ class ChatService:
                     raise APIError(500, event.error, code="generation_failed")
         if finished is None:  # stopped: keep what was sent
             finished = Finished("stop", text, len(prompt_ids), self.count_tokens(text))
+        if not isinstance(prompt_message_id, int):
+            prompt_message_id = await prompt_message_id
         return await asyncio.to_thread(
             self.record_answer, prompt_message_id=prompt_message_id, finished=finished,
             params=params, adapter_version=adapter_version,

@@ -7,13 +7,15 @@ routes.
 A request is refused before any costly work when it is too big (messages, characters,
 `stop` strings) or asks for more than the model can do: `max_tokens` (or
 `max_completion_tokens`) beyond the model's window is a 422, as OpenAI refuses it, never
-quietly cut. Tokenizing runs off the event loop, after the capacity and rate checks.
+quietly cut. Tokenizing runs off the event loop, after the capacity and rate checks; the
+engine starts on the answers while the conversation is being stored.
 """
 
 import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -97,16 +99,27 @@ async def chat_completions(body: ChatCompletionRequest, caller: CallerDep, chat:
                            seed=body.seed, n=body.n)
     chat.admit(caller, answers=body.n, endpoint="openai")
     prompt_ids = await asyncio.to_thread(chat.prompt_ids, messages, params[0].max_tokens)
-    user = await ensure_session(caller, request, response)  # its first write
-    prompt_message_id = await asyncio.to_thread(chat.record_messages, user_id=user.id,
-                                                messages=messages, source="api")
-    completion = _Completion(chat, body.model, prompt_ids, prompt_message_id, adapter)
+    # The engine starts on the answers while the conversation is stored (with many
+    # requests at once, their stores take turns). One that cannot be stored still fails
+    # the request with its own status, and stops its answers.
+    stored: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    usage = body.stream_options is not None and body.stream_options.include_usage
+    completion = _Completion(chat, body.model, prompt_ids, stored, adapter,
+                             stream=body.stream, include_usage=usage)
+    completion.start(params)
+    try:
+        user = await ensure_session(caller, request, response)  # its first write
+        stored.set_result(await asyncio.to_thread(chat.record_messages, user_id=user.id,
+                                                  messages=messages, source="api"))
+    except BaseException:
+        completion.cancel()
+        raise
     if body.stream:
-        usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(completion.sse(params, usage), media_type="text/event-stream",
-                                 headers=response.headers)  # a new session's cookie
-    answers = await asyncio.gather(*[completion.run(p) for p in params])
-    return completion.response(answers)
+        return _EventStream(completion, headers=response.headers)  # a new session's cookie
+    try:
+        return completion.response(await asyncio.gather(*completion.tasks))
+    finally:
+        completion.cancel()
 
 
 async def _ignore(_: str) -> None:
@@ -114,19 +127,49 @@ async def _ignore(_: str) -> None:
 
 
 class _Completion:
-    """One request's answers, rendered in OpenAI's shapes."""
+    """One request's answers, started on the engine, rendered in OpenAI's shapes."""
 
     def __init__(self, chat: ChatService, model: str, prompt_ids: list[int],
-                 prompt_message_id: int, adapter: str | None):
+                 prompt_message_id: Awaitable[int], adapter: str | None, *, stream: bool,
+                 include_usage: bool):
         self.chat, self.model, self.prompt_ids = chat, model, prompt_ids
         self.prompt_message_id, self.adapter = prompt_message_id, adapter
+        self.stream, self.include_usage = stream, include_usage
+        self.extra = {"usage": None} if include_usage else {}
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
+        self.chunks: asyncio.Queue[str | _End] = asyncio.Queue()  # streamed, not yet sent
+        self.tasks: list[asyncio.Task] = []
 
-    async def run(self, params: SamplingParams, on_text=_ignore) -> Answer:
+    def start(self, params: list[SamplingParams]) -> None:
+        answer = self._streamed if self.stream else self._run
+        self.tasks = [asyncio.create_task(answer(i, p)) for i, p in enumerate(params)]
+
+    def cancel(self) -> None:
+        """Stop the answers still generating: the engine frees their slots."""
+        for task in self.tasks:
+            task.cancel()
+
+    async def _run(self, index: int, params: SamplingParams, on_text=_ignore) -> Answer:
         return await self.chat.answer(prompt_ids=self.prompt_ids,
                                       prompt_message_id=self.prompt_message_id, params=params,
                                       adapter_version=self.adapter, on_text=on_text)
+
+    async def _streamed(self, index: int, params: SamplingParams) -> None:
+        """One answer's chunks into the queue, then its end (or why it failed)."""
+        async def on_text(text: str) -> None:
+            self.chunks.put_nowait(self.chunk([{"index": index, "delta": {"content": text},
+                                                "logprobs": None, "finish_reason": None}],
+                                              **self.extra))
+        try:
+            a = await self._run(index, params, on_text)
+        except Exception as e:  # every failure becomes the error event
+            self.chunks.put_nowait(_End(error=as_api_error(e, where="streamed answer")))
+            return
+        self.chunks.put_nowait(self.chunk([{"index": index, "delta": {}, "logprobs": None,
+                                            "finish_reason": a.finish_reason,
+                                            "message_id": a.message_id}], **self.extra))
+        self.chunks.put_nowait(_End(answer=a))
 
     def response(self, answers: list[Answer]) -> dict:
         return {
@@ -143,54 +186,47 @@ class _Completion:
                 "model": self.model, "system_fingerprint": None, "choices": choices, **extra}
         return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
-    async def sse(self, params: list[SamplingParams], include_usage: bool):
+    async def sse(self):
         """Role delta, content deltas, a chunk with finish_reason per choice, the usage
         chunk when asked for, then `data: [DONE]` — OpenAI's stream, byte for byte. Chunks
         that are ready together go out in one write. A failed answer ends the stream with
         an error event in the one error shape (and no [DONE])."""
-        extra = {"usage": None} if include_usage else {}
-        chunks: asyncio.Queue[str | _End] = asyncio.Queue()
-        for i in range(len(params)):
+        for i in range(len(self.tasks)):
             yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                               "logprobs": None, "finish_reason": None}], **extra)
-
-        async def answer(index: int, p: SamplingParams) -> None:
-            async def on_text(text: str) -> None:
-                chunks.put_nowait(self.chunk([{"index": index, "delta": {"content": text},
-                                               "logprobs": None, "finish_reason": None}],
-                                             **extra))
-            try:
-                a = await self.run(p, on_text)
-            except Exception as e:  # every failure becomes the error event
-                chunks.put_nowait(_End(error=as_api_error(e, where="streamed answer")))
-                return
-            chunks.put_nowait(self.chunk([{"index": index, "delta": {}, "logprobs": None,
-                                           "finish_reason": a.finish_reason,
-                                           "message_id": a.message_id}], **extra))
-            chunks.put_nowait(_End(answer=a))
-
-        tasks = [asyncio.create_task(answer(i, p)) for i, p in enumerate(params)]
+                               "logprobs": None, "finish_reason": None}], **self.extra)
         answers: list[Answer] = []
+        while len(answers) < len(self.tasks):
+            ready = [await self.chunks.get()]
+            while not self.chunks.empty():
+                ready.append(self.chunks.get_nowait())
+            text = [item for item in ready if isinstance(item, str)]
+            ends = [item for item in ready if isinstance(item, _End)]
+            if text:
+                yield "".join(text)
+            for end in ends:
+                if end.error is not None:
+                    yield f"data: {json.dumps(end.error.body())}\n\n"
+                    return
+                answers.append(end.answer)
+        if self.include_usage:
+            yield self.chunk([], usage=_usage(answers))
+        yield "data: [DONE]\n\n"
+
+
+class _EventStream(StreamingResponse):
+    """A completion's server-sent events. However the response ends (done, a failed
+    answer, the client gone, even before the first byte), the answers still generating
+    are stopped, so the engine frees their slots."""
+
+    def __init__(self, completion: _Completion, headers):
+        super().__init__(completion.sse(), media_type="text/event-stream", headers=headers)
+        self.completion = completion
+
+    async def __call__(self, scope, receive, send) -> None:
         try:
-            while len(answers) < len(params):
-                ready = [await chunks.get()]
-                while not chunks.empty():
-                    ready.append(chunks.get_nowait())
-                text = [item for item in ready if isinstance(item, str)]
-                ends = [item for item in ready if isinstance(item, _End)]
-                if text:
-                    yield "".join(text)
-                for end in ends:
-                    if end.error is not None:
-                        yield f"data: {json.dumps(end.error.body())}\n\n"
-                        return
-                    answers.append(end.answer)
-            if include_usage:
-                yield self.chunk([], usage=_usage(answers))
-            yield "data: [DONE]\n\n"
+            await super().__call__(scope, receive, send)
         finally:
-            for task in tasks:
-                task.cancel()  # the client went away: free the engine's slots
+            self.completion.cancel()
 
 
 @dataclass

@@ -179,6 +179,54 @@ def test_a_client_leaving_mid_stream_frees_the_engine(app, http) -> None:
                                                    "n": 1}).status_code == 200
 
 
+def test_the_engine_starts_while_the_conversation_is_stored(app, http, monkeypatch) -> None:
+    chat, engine = app.state.chat, app.state.chat.engine
+    store = chat.record_messages
+    started_before_stored = []
+
+    def slow_store(**kwargs):
+        time.sleep(0.3)  # a store under load
+        started_before_stored.append(engine.tokens_generated > before)
+        return store(**kwargs)
+
+    monkeypatch.setattr(chat, "record_messages", slow_store)
+    before = engine.tokens_generated
+    body = {"model": "demo", "messages": MESSAGES, "max_tokens": 400, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    response = http.post("/v1/chat/completions", json=body)
+
+    assert started_before_stored == [True]
+    final = [json.loads(e) for e in _sse_events(response.content)[:-1]]
+    message_id = next(c["choices"][0]["message_id"] for c in final
+                      if c["choices"] and c["choices"][0]["finish_reason"])
+    with db_session(app) as session:  # the answer hangs off the prompt stored meanwhile
+        answer = session.get(Message, message_id)
+        assert session.get(Message, answer.parent_id).content == PROMPT
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_conversation_that_cannot_be_stored_fails_the_request_and_its_answers(
+        app, http, monkeypatch, stream) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    chat, engine = app.state.chat, app.state.chat.engine
+
+    def locked(**kwargs):
+        time.sleep(0.2)  # the answers have begun
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(chat, "record_messages", locked)
+    before = engine.tokens_generated
+    body = {"model": "demo", "messages": MESSAGES, "max_tokens": 400, "temperature": 0,
+            "stream": stream, "n": 2}
+    response = http.post("/v1/chat/completions", json=body)
+
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    assert_error(response.json(), "overloaded_error", "database_busy")
+    wait_until(lambda: engine.active == 0, what="the answers to leave the batch")
+    assert engine.tokens_generated - before < 800
+
+
 def test_n_answers_stream_side_by_side_and_can_be_ranked(sdk, http, app) -> None:
     chunks = list(sdk.chat.completions.create(
         model="demo", messages=MESSAGES, max_tokens=6, temperature=1.0, seed=3, n=2,
