@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from feedback.db import open_store
+from feedback.group_commit import GroupCommit
 from flywheel.adapter_store import AdapterStore
 from flywheel.generation import base_model_name
 from flywheel.model_loading import LoadedModel
@@ -97,13 +98,16 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
             app.state.chat = ChatService(db=db, engine=generation.engine,
                                          tokenizer=generation.tokenizer, adapters=manager,
                                          metrics=metrics, max_context=generation.max_context,
-                                         settings=settings, limiter=app.state.rate_limiter)
+                                         settings=settings, limiter=app.state.rate_limiter,
+                                         records=records)
             log.info("serving %s%s", settings.model, " (the built-in demo model, a toy)"
                      if generation.is_demo else "")
             startup.finish()
 
         async with AsyncExitStack() as stack:
             stack.callback(db.dispose)
+            records = GroupCommit(db)
+            stack.callback(records.close)  # what is queued is written before the store closes
             stack.callback(gc.unfreeze)  # frozen when it was ready (`freeze_heap`)
             loading = _keep(stack, _failing_into(startup, serve_model(stack),
                                                  reraise=model is not None))

@@ -3,7 +3,6 @@
 conversation into the model's window, stream an answer from the engine and record it, and
 record picks; with the metrics of each. The routes only translate their protocol."""
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -12,8 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from feedback.db import session_scope
+from feedback.group_commit import GroupCommit
 from feedback.queries import conversations as convs
 from feedback.queries import votes
 from flywheel.generation import chat_ids
@@ -60,8 +61,9 @@ OnText = Callable[[str], Awaitable[bool | None]]
 class ChatService:
     def __init__(self, *, db: Engine, engine, tokenizer, adapters: AdapterManager,
                  metrics: Metrics, max_context: int, settings: Settings,
-                 limiter: RateLimiter):
+                 limiter: RateLimiter, records: GroupCommit | None):
         self.db, self.engine, self.tokenizer = db, engine, tokenizer
+        self.records = records  # the conversations and answers, written in groups
         self.adapters, self.metrics, self.max_context = adapters, metrics, max_context
         self.settings, self.limiter = settings, limiter
         self._overheads: dict[str, int] = {}  # see _overhead
@@ -222,10 +224,9 @@ class ChatService:
             finished = Finished("stop", text, len(prompt_ids), self.count_tokens(text))
         if not isinstance(prompt_message_id, int):
             prompt_message_id = await prompt_message_id
-        return await asyncio.to_thread(
-            self.record_answer, prompt_message_id=prompt_message_id, finished=finished,
-            params=params, adapter_version=adapter_version,
-            latency_ms=(time.perf_counter() - started) * 1000)
+        return await self.record_answer(
+            prompt_message_id=prompt_message_id, finished=finished, params=params,
+            adapter_version=adapter_version, latency_ms=(time.perf_counter() - started) * 1000)
 
     def _observe(self, finished: Finished, adapter_version: str | None, started: float,
                  first_token_at: float | None) -> None:
@@ -242,7 +243,8 @@ class ChatService:
             else round((first_token_at - started) * 1000, 1),
             "tokens_per_s": None if tps is None else round(tps, 1)})
 
-    # -- records (blocking; call through asyncio.to_thread) ----------------------------------
+    # -- records (record_user_turn, record_pick and record_comparison block: call them
+    # through asyncio.to_thread) -------------------------------------------------------------
 
     def record_user_turn(self, *, user_id: int, content: str, conversation_id: int | None,
                          parent_id: int | None, source: str,
@@ -266,9 +268,9 @@ class ChatService:
             prompt_ids = self.prompt_ids([_as_chat(m) for m in thread], max_tokens)
             return conversation_id, message.id, prompt_ids
 
-    def record_messages(self, *, user_id: int, messages: list[dict], source: str) -> int:
+    async def record_messages(self, *, user_id: int, messages: list[dict], source: str) -> int:
         """Store a whole conversation sent at once (the OpenAI API); returns the last id."""
-        with session_scope(self.db) as session:
+        def store(session: Session) -> int:
             first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
             conversation = convs.create_conversation(session, user_id=user_id,
                                                      title=first_user[:80], source=source)
@@ -278,11 +280,12 @@ class ChatService:
                                               role=m["role"], content=m["content"],
                                               parent_id=parent_id).id
             return parent_id
+        return await self.records.run(store)
 
-    def record_answer(self, *, prompt_message_id: int, finished: Finished,
-                      params: SamplingParams, adapter_version: str | None,
-                      latency_ms: float) -> Answer:
-        with session_scope(self.db) as session:
+    async def record_answer(self, *, prompt_message_id: int, finished: Finished,
+                            params: SamplingParams, adapter_version: str | None,
+                            latency_ms: float) -> Answer:
+        def store(session: Session) -> Answer:
             prompt = convs.get_message(session, message_id=prompt_message_id)
             message = convs.add_message(
                 session, conversation_id=prompt.conversation_id, role="assistant",
@@ -295,6 +298,7 @@ class ChatService:
                 finish_reason=finished.reason, latency_ms=latency_ms)
             return Answer(message.id, finished.text, finished.reason, finished.prompt_tokens,
                           finished.completion_tokens, adapter_version)
+        return await self.records.run(store)
 
     def record_pick(self, *, user_id: int, comparison_id: int, choice: str) -> list[int]:
         """The user's verdict on a side-by-side turn; returns its candidates, A first."""

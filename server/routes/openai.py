@@ -109,8 +109,8 @@ async def chat_completions(body: ChatCompletionRequest, caller: CallerDep, chat:
     completion.start(params)
     try:
         user = await ensure_session(caller, request, response)  # its first write
-        stored.set_result(await asyncio.to_thread(chat.record_messages, user_id=user.id,
-                                                  messages=messages, source="api"))
+        stored.set_result(await chat.record_messages(user_id=user.id, messages=messages,
+                                                     source="api"))
     except BaseException:
         completion.cancel()
         raise

@@ -29,7 +29,8 @@ def _chat(template: str | None = None, window: int = 512) -> ChatService:
     if template is not None:
         tokenizer.chat_template = template
     return ChatService(db=None, engine=None, tokenizer=tokenizer, adapters=None,
-                       metrics=None, max_context=window, settings=None, limiter=None)
+                       metrics=None, max_context=window, settings=None, limiter=None,
+                       records=None)
 
 
 def _fit_by_rerendering(tokenizer, messages: list[dict], max_tokens: int,

@@ -93,7 +93,8 @@ def test_over_long_vote_texts_are_422(app, http) -> None:
 @pytest.fixture(scope="module")
 def chat(demo) -> ChatService:
     return ChatService(db=None, engine=None, tokenizer=demo.tokenizer, adapters=None,
-                       metrics=None, max_context=WINDOW, settings=None, limiter=None)
+                       metrics=None, max_context=WINDOW, settings=None, limiter=None,
+                       records=None)
 
 
 def _conversation(turns: int, words: int = 40) -> list[dict]:

@@ -1,5 +1,6 @@
 """The OpenAI-compatible API, through the real `openai` SDK and as raw bytes."""
 
+import asyncio
 import json
 import threading
 import time
@@ -184,10 +185,10 @@ def test_the_engine_starts_while_the_conversation_is_stored(app, http, monkeypat
     store = chat.record_messages
     started_before_stored = []
 
-    def slow_store(**kwargs):
-        time.sleep(0.3)  # a store under load
+    async def slow_store(**kwargs):
+        await asyncio.sleep(0.3)  # a store under load
         started_before_stored.append(engine.tokens_generated > before)
-        return store(**kwargs)
+        return await store(**kwargs)
 
     monkeypatch.setattr(chat, "record_messages", slow_store)
     before = engine.tokens_generated
@@ -211,8 +212,8 @@ def test_a_conversation_that_cannot_be_stored_fails_the_request_and_its_answers(
 
     chat, engine = app.state.chat, app.state.chat.engine
 
-    def locked(**kwargs):
-        time.sleep(0.2)  # the answers have begun
+    async def locked(**kwargs):
+        await asyncio.sleep(0.2)  # the answers have begun
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
     monkeypatch.setattr(chat, "record_messages", locked)
