@@ -9,9 +9,11 @@ took 15-50 ms with 16 streams generating, and the writers queued behind it. Here
 thread writes whatever is queued, in one transaction with one commit.
 
 A unit is `fn(session) -> result`, store work only with no effect outside the session,
-because it may run twice: when the shared transaction fails (a unit raised, or the
-database did), it is rolled back and each unit runs again in a transaction of its own,
-so a failure reaches only the callers it belongs to. A caller gets its result after the
+because it may run twice: when a unit raises, the shared transaction is rolled back and
+each unit runs again in a transaction of its own, so its failure reaches only its own
+caller. When the database fails (locked past its wait, no pooled connection, gone), every
+unit would meet the same: each caller gets that error at once, with no retries to wait
+through. A caller gets its result after the
 commit: what it is told is stored is on disk. A caller that stops waiting (a cancelled
 task) does not take its unit back: it is written all the same.
 """
@@ -25,6 +27,8 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
 from feedback.db import session_scope
@@ -32,6 +36,7 @@ from feedback.db import session_scope
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DATABASE_FAILED = (OperationalError, PoolTimeout)  # the database's fault, not a unit's
 _STOP = object()  # queued by close(): write what came before, then end
 
 
@@ -94,8 +99,8 @@ class GroupCommit:
             with session_scope(self.db) as session:
                 results = [unit(session) for unit, _ in batch]
         except Exception as e:
-            if len(batch) == 1:
-                outcomes = [(None, e)]
+            if len(batch) == 1 or isinstance(e, DATABASE_FAILED):
+                outcomes = [(None, e)] * len(batch)
             else:  # one at a time, so each failure reaches its own caller only
                 log.debug("a group of %d units failed (%s); writing each alone", len(batch), e)
                 outcomes = [self._write_alone(unit) for unit, _ in batch]

@@ -73,6 +73,31 @@ def test_a_failing_unit_fails_only_its_caller(engine, records):
     assert _handles(engine) == {"first", "before", "after"}
 
 
+def test_a_database_failure_reaches_every_caller_at_once(engine, records):
+    from sqlalchemy.exc import OperationalError
+
+    runs = []
+
+    def counted(handle: str):
+        def unit(session: Session) -> int:
+            runs.append(handle)
+            if handle == "locked":
+                raise OperationalError("INSERT", {}, Exception("database is locked"))
+            return _user(handle)(session)
+        return unit
+
+    release, first = _blocking_first(records)
+    queued = [records.submit(counted(h)) for h in ("before", "locked", "after")]
+    release.set()
+
+    assert first.result(10)
+    for future in queued:  # no retry one by one: each would wait for the lock again
+        with pytest.raises(OperationalError, match="database is locked"):
+            future.result(10)
+    assert runs == ["before", "locked"]
+    assert _handles(engine) == {"first"}
+
+
 def test_closing_writes_what_is_queued_and_refuses_more(engine):
     records = GroupCommit(engine, max_batch=2)
     release, first = _blocking_first(records)
