@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, *, model: LoadedModel | None = 
 
         async with AsyncExitStack() as stack:
             stack.callback(db.dispose)
-            records = GroupCommit(db)
+            records = app.state.records = GroupCommit(db)
             stack.callback(records.close)  # what is queued is written before the store closes
             stack.callback(gc.unfreeze)  # frozen when it was ready (`freeze_heap`)
             loading = _keep(stack, _failing_into(startup, serve_model(stack),

@@ -6,13 +6,14 @@ from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
+from sqlmodel import Session
 
-from feedback.db import session_scope
+from feedback.models import Comparison
 from feedback.queries import conversations as convs
 from feedback.queries import votes
 from server.auth import CallerId, VoteScope
 from server.deps import MetricsDep
-from server.store import RowId, Store
+from server.store import Records, RowId
 
 router = APIRouter(prefix="/api/comparisons", tags=["comparisons"])
 
@@ -58,29 +59,29 @@ class ComparisonOut(BaseModel):
 
 
 @router.post("/{comparison_id}/verdict")
-def decide(comparison_id: RowId, body: Verdict, user_id: CallerId, db: Store,
-           metrics: MetricsDep) -> ComparisonOut:
+async def decide(comparison_id: RowId, body: Verdict, user_id: CallerId, records: Records,
+                 metrics: MetricsDep) -> ComparisonOut:
     """Record (or replace) the verdict on a side-by-side turn shown to this user."""
-    with session_scope(db) as session:
-        comparison = votes.record_choice(session, comparison_id=comparison_id,
-                                         user_id=user_id, choice=body.choice,
-                                         ranking=body.ranking)
+    def store(session: Session) -> Comparison:
+        return votes.record_choice(session, comparison_id=comparison_id, user_id=user_id,
+                                   choice=body.choice, ranking=body.ranking)
+    comparison = await records.run(store)
     metrics.votes.labels("comparison").inc()
     return ComparisonOut.model_validate(comparison, from_attributes=True)
 
 
 @router.post("", status_code=201)
-def rank(body: RankingIn, user_id: CallerId, scope: VoteScope, db: Store,
-         metrics: MetricsDep) -> ComparisonOut:
+async def rank(body: RankingIn, user_id: CallerId, scope: VoteScope, records: Records,
+               metrics: MetricsDep) -> ComparisonOut:
     """Rank answers the user got for one prompt (e.g. `n` > 1 through the OpenAI API), or
     pick between two of them."""
-    with session_scope(db) as session:
+    def store(session: Session) -> Comparison:
         convs.get_message(session, message_id=body.prompt_message_id, user_id=scope)
         comparison = votes.create_comparison(session, user_id=user_id,
                                              prompt_message_id=body.prompt_message_id,
                                              candidate_ids=body.ranking or body.candidate_ids)
-        comparison = votes.record_choice(session, comparison_id=comparison.id,
-                                         user_id=user_id, choice=body.choice,
-                                         ranking=body.ranking)
+        return votes.record_choice(session, comparison_id=comparison.id, user_id=user_id,
+                                   choice=body.choice, ranking=body.ranking)
+    comparison = await records.run(store)
     metrics.votes.labels("ranking" if body.ranking else "comparison").inc()
     return ComparisonOut.model_validate(comparison, from_attributes=True)

@@ -2,14 +2,14 @@
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 
-from feedback.db import session_scope
-from feedback.models import FlagCategory
+from feedback.models import Flag, FlagCategory
 from feedback.queries import conversations as convs
 from feedback.queries import votes
 from server.auth import CallerId
 from server.deps import MetricsDep
-from server.store import RowId, Store
+from server.store import Records, RowId
 
 router = APIRouter(prefix="/api/messages", tags=["flags"])
 
@@ -25,11 +25,12 @@ class FlagOut(FlagIn):
 
 
 @router.post("/{message_id}/flags", status_code=201)
-def flag(message_id: RowId, body: FlagIn, user_id: CallerId, db: Store,
-         metrics: MetricsDep) -> FlagOut:
-    with session_scope(db) as session:
+async def flag(message_id: RowId, body: FlagIn, user_id: CallerId, records: Records,
+               metrics: MetricsDep) -> FlagOut:
+    def store(session: Session) -> Flag:
         convs.get_message(session, message_id=message_id, user_id=user_id)
-        stored = votes.add_flag(session, message_id=message_id, user_id=user_id,
-                                category=body.category, comment=body.comment)
+        return votes.add_flag(session, message_id=message_id, user_id=user_id,
+                              category=body.category, comment=body.comment)
+    stored = await records.run(store)
     metrics.votes.labels("flag").inc()
     return FlagOut.model_validate(stored, from_attributes=True)

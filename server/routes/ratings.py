@@ -4,13 +4,14 @@ from typing import Annotated
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 
-from feedback.db import session_scope
+from feedback.models import Rating
 from feedback.queries import conversations as convs
 from feedback.queries import votes
 from server.auth import CallerId, VoteScope
 from server.deps import MetricsDep
-from server.store import RowId, Store
+from server.store import Records, RowId
 
 router = APIRouter(prefix="/api/messages", tags=["ratings"])
 
@@ -28,13 +29,14 @@ class RatingOut(RatingIn):
 
 
 @router.put("/{message_id}/rating")
-def rate(message_id: RowId, body: RatingIn, user_id: CallerId, scope: VoteScope, db: Store,
-         metrics: MetricsDep) -> RatingOut:
+async def rate(message_id: RowId, body: RatingIn, user_id: CallerId, scope: VoteScope,
+               records: Records, metrics: MetricsDep) -> RatingOut:
     """Thumb an answer of one's own conversations (a judge: any answer)."""
-    with session_scope(db) as session:
+    def store(session: Session) -> Rating:
         convs.get_message(session, message_id=message_id, user_id=scope)
-        rating = votes.upsert_rating(session, message_id=message_id, user_id=user_id,
-                                     thumb=body.thumb, reasons=body.reasons,
-                                     comment=body.comment)
+        return votes.upsert_rating(session, message_id=message_id, user_id=user_id,
+                                   thumb=body.thumb, reasons=body.reasons,
+                                   comment=body.comment)
+    rating = await records.run(store)
     metrics.votes.labels("rating").inc()
     return RatingOut.model_validate(rating, from_attributes=True)

@@ -2,13 +2,14 @@
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 
-from feedback.db import session_scope
+from feedback.models import Rewrite
 from feedback.queries import conversations as convs
 from feedback.queries import votes
 from server.auth import CallerId
 from server.deps import MetricsDep
-from server.store import RowId, Store
+from server.store import Records, RowId
 
 router = APIRouter(prefix="/api/messages", tags=["rewrites"])
 
@@ -23,11 +24,12 @@ class RewriteOut(RewriteIn):
 
 
 @router.post("/{message_id}/rewrites", status_code=201)
-def rewrite(message_id: RowId, body: RewriteIn, user_id: CallerId, db: Store,
-            metrics: MetricsDep) -> RewriteOut:
-    with session_scope(db) as session:
+async def rewrite(message_id: RowId, body: RewriteIn, user_id: CallerId, records: Records,
+                  metrics: MetricsDep) -> RewriteOut:
+    def store(session: Session) -> Rewrite:
         convs.get_message(session, message_id=message_id, user_id=user_id)
-        stored = votes.add_rewrite(session, message_id=message_id, user_id=user_id,
-                                   content=body.content)
+        return votes.add_rewrite(session, message_id=message_id, user_id=user_id,
+                                 content=body.content)
+    stored = await records.run(store)
     metrics.votes.labels("rewrite").inc()
     return RewriteOut.model_validate(stored, from_attributes=True)
