@@ -13,9 +13,9 @@ because it may run twice: when a unit raises, the shared transaction is rolled b
 each unit runs again in a transaction of its own, so its failure reaches only its own
 caller. When the database fails (locked past its wait, no pooled connection, gone), every
 unit would meet the same: each caller gets that error at once, with no retries to wait
-through. A caller gets its result after the
-commit: what it is told is stored is on disk. A caller that stops waiting (a cancelled
-task) does not take its unit back: it is written all the same.
+through. A caller gets its result after the commit: what it is told is stored is on disk.
+A caller that stops waiting (a cancelled task) does not take its unit back: it is written
+all the same.
 """
 
 import asyncio
@@ -45,7 +45,7 @@ class GroupCommit:
 
     def __init__(self, db: Engine, *, max_batch: int = 64):
         self.db, self.max_batch = db, max_batch
-        self.transactions = 0  # committed, for the metrics and tests
+        self.transactions = 0  # committed so far
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._write_queued, name="group-commit",
