@@ -243,8 +243,8 @@ class ChatService:
             else round((first_token_at - started) * 1000, 1),
             "tokens_per_s": None if tps is None else round(tps, 1)})
 
-    # -- records (record_user_turn, record_pick and record_comparison block: call them
-    # through asyncio.to_thread) -------------------------------------------------------------
+    # -- records (through the group commit; record_user_turn, which tokenizes the thread it
+    # stores, blocks: call it through asyncio.to_thread) -----------------------------------
 
     def record_user_turn(self, *, user_id: int, content: str, conversation_id: int | None,
                          parent_id: int | None, source: str,
@@ -300,20 +300,22 @@ class ChatService:
                           finished.completion_tokens, adapter_version)
         return await self.records.run(store)
 
-    def record_pick(self, *, user_id: int, comparison_id: int, choice: str) -> list[int]:
+    async def record_pick(self, *, user_id: int, comparison_id: int, choice: str) -> list[int]:
         """The user's verdict on a side-by-side turn; returns its candidates, A first."""
-        with session_scope(self.db) as session:
-            candidates = votes.record_choice(session, comparison_id=comparison_id,
-                                             user_id=user_id, choice=choice).candidate_ids
+        def store(session: Session) -> list[int]:
+            return votes.record_choice(session, comparison_id=comparison_id, user_id=user_id,
+                                       choice=choice).candidate_ids
+        candidates = await self.records.run(store)
         self.metrics.votes.labels("comparison").inc()
         return candidates
 
-    def record_comparison(self, *, user_id: int, prompt_message_id: int,
-                          candidate_ids: list[int]) -> int:
-        with session_scope(self.db) as session:
+    async def record_comparison(self, *, user_id: int, prompt_message_id: int,
+                                candidate_ids: list[int]) -> int:
+        def store(session: Session) -> int:
             return votes.create_comparison(session, user_id=user_id,
                                            prompt_message_id=prompt_message_id,
                                            candidate_ids=candidate_ids).id
+        return await self.records.run(store)
 
 
 def _thread_starts(turns: list[dict]) -> list[int]:

@@ -179,9 +179,9 @@ class _ChatSession:
             for label, version, params in answers])
         comparison_id = None
         if side_by_side and all(results):
-            comparison_id = await asyncio.to_thread(
-                self.chat.record_comparison, user_id=self.user_id,
-                prompt_message_id=message_id, candidate_ids=[r.message_id for r in results])
+            comparison_id = await self.chat.record_comparison(
+                user_id=self.user_id, prompt_message_id=message_id,
+                candidate_ids=[r.message_id for r in results])
             self.battles[comparison_id] = {
                 label: (r.message_id, r.adapter_version)
                 for (label, _, _), r in zip(answers, results, strict=True)}
@@ -233,9 +233,8 @@ class _ChatSession:
 
     async def pick(self, pick: Pick) -> None:
         try:
-            candidates = await asyncio.to_thread(
-                self.chat.record_pick, user_id=self.user_id,
-                comparison_id=pick.comparison_id, choice=pick.choice)
+            candidates = await self.chat.record_pick(
+                user_id=self.user_id, comparison_id=pick.comparison_id, choice=pick.choice)
         except Exception as e:
             return await self.fail(e, "websocket pick")
         winner = candidates[1] if pick.choice == "b" else candidates[0]
