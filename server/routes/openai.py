@@ -142,15 +142,15 @@ class _Completion:
         self.tasks: list[asyncio.Task] = []
 
     def start(self, params: list[SamplingParams]) -> None:
-        answer = self._streamed if self.stream else self._run
-        self.tasks = [asyncio.create_task(answer(i, p)) for i, p in enumerate(params)]
+        self.tasks = [asyncio.create_task(self._streamed(i, p) if self.stream else self._run(p))
+                      for i, p in enumerate(params)]
 
     def cancel(self) -> None:
         """Stop the answers still generating: the engine frees their slots."""
         for task in self.tasks:
             task.cancel()
 
-    async def _run(self, index: int, params: SamplingParams, on_text=_ignore) -> Answer:
+    async def _run(self, params: SamplingParams, on_text=_ignore) -> Answer:
         return await self.chat.answer(prompt_ids=self.prompt_ids,
                                       prompt_message_id=self.prompt_message_id, params=params,
                                       adapter_version=self.adapter, on_text=on_text)
@@ -162,7 +162,7 @@ class _Completion:
                                                 "logprobs": None, "finish_reason": None}],
                                               **self.extra))
         try:
-            a = await self._run(index, params, on_text)
+            a = await self._run(params, on_text)
         except Exception as e:  # every failure becomes the error event
             self.chunks.put_nowait(_End(error=as_api_error(e, where="streamed answer")))
             return
