@@ -16,6 +16,9 @@ Figures (medians over rounds, measured side by side in one run):
   hf_serve_tps_N          the same, through `transformers serve` on the same model
   hf_serve_cb_tps_*       …with its continuous batching (`--continuous-batching`)
   hf_serve_*scaling_Nx    their N streams / one stream
+  *answer_tokens          mean tokens per answer over every stream (each answer runs to
+                          --tokens: vLLM's `ignore_eos` for Flywheel, `min_new_tokens`
+                          in the request's generation config for `transformers serve`)
 """
 
 import argparse
@@ -79,13 +82,14 @@ def start_server(model: str, data_dir: Path, port: int) -> subprocess.Popen:
     return wait_healthy(process, f"http://127.0.0.1:{port}/healthz")
 
 
-async def stream_once(client: openai.AsyncOpenAI, model: str, tokens: int, seed: int):
+async def stream_once(client: openai.AsyncOpenAI, model: str, tokens: int, seed: int,
+                      extra_body: dict):
     """One streamed completion; returns (completion tokens, seconds to first token).
     Tokens come from the usage chunk, or count content chunks where there is none."""
     started, first, usage, chunks = time.perf_counter(), None, 0, 0
     stream = await client.chat.completions.create(
         model=model, messages=PROMPT, max_tokens=tokens, seed=seed, temperature=1.0,
-        stream=True, stream_options={"include_usage": True})
+        stream=True, stream_options={"include_usage": True}, extra_body=extra_body)
     async for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage.completion_tokens
@@ -96,15 +100,29 @@ async def stream_once(client: openai.AsyncOpenAI, model: str, tokens: int, seed:
     return usage or chunks, first
 
 
+FULL_LENGTH = {"ignore_eos": True}  # vLLM's sampling extension, which Flywheel speaks
+
+
 async def server_round(base_url: str, streams: int, tokens: int, key: str = "",
-                       model: str = "flywheel"):
+                       model: str = "flywheel", extra_body: dict = FULL_LENGTH):
+    """Aggregate tokens/s of `streams` concurrent answers, their times to first token, and
+    their lengths in tokens."""
     async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key or "unused",
                                   timeout=600, max_retries=0) as client:
         started = time.perf_counter()
-        results = await asyncio.gather(*[stream_once(client, model, tokens, seed)
+        results = await asyncio.gather(*[stream_once(client, model, tokens, seed, extra_body)
                                          for seed in range(streams)])
         elapsed = time.perf_counter() - started
-    return sum(n for n, _ in results) / elapsed, [t for _, t in results if t is not None]
+    lengths = [n for n, _ in results]
+    return sum(lengths) / elapsed, [t for _, t in results if t is not None], lengths
+
+
+def hf_full_length(loaded, tokens: int) -> dict:
+    """`transformers serve`'s way to the same answer lengths: a generation config (a JSON
+    string in the request) that samples and ends no answer before `tokens`."""
+    config = loaded.model.generation_config.to_diff_dict()
+    config.update(do_sample=True, min_new_tokens=tokens, max_new_tokens=tokens)
+    return {"generation_config": json.dumps(config)}
 
 
 def generate_tps(loaded, tokens: int, batch: int) -> float:
@@ -121,7 +139,7 @@ def generate_tps(loaded, tokens: int, batch: int) -> float:
 
 
 def transformers_serve_figures(name: str, model_dir: Path, continuous: bool, args,
-                               data_dir: Path) -> dict[str, list[float]]:
+                               data_dir: Path, full_length: dict) -> dict[str, list[float]]:
     """`transformers serve` on the same model and prompts, where it runs ({} if not)."""
     port = free_port()
     try:
@@ -133,11 +151,14 @@ def transformers_serve_figures(name: str, model_dir: Path, continuous: bool, arg
     figures: dict[str, list[float]] = {}
     base_url, model = f"http://127.0.0.1:{port}", str(model_dir)
     try:
-        asyncio.run(server_round(base_url, 1, args.tokens, model=model))  # warm-up
+        asyncio.run(server_round(base_url, 1, args.tokens, model=model,
+                                 extra_body=full_length))  # warm-up
         for _ in range(args.rounds):
             for streams in args.streams:
-                tps, _ = asyncio.run(server_round(base_url, streams, args.tokens, model=model))
+                tps, _, lengths = asyncio.run(server_round(
+                    base_url, streams, args.tokens, model=model, extra_body=full_length))
                 figures.setdefault(f"{name}_tps_{streams}", []).append(tps)
+                figures.setdefault(f"{name}_answer_tokens", []).extend(lengths)
     except openai.OpenAIError as e:
         print(f"{name}: failed ({e})", file=sys.stderr)
     finally:
@@ -192,8 +213,10 @@ def main() -> None:
                 figures.setdefault(f"generate_batch{batch}_tps", []).append(
                     generate_tps(loaded, args.tokens, batch))
             for streams in args.streams:
-                tps, firsts = asyncio.run(server_round(base_url, streams, args.tokens, key))
+                tps, firsts, lengths = asyncio.run(server_round(base_url, streams,
+                                                                args.tokens, key))
                 figures.setdefault(f"server_tps_{streams}", []).append(tps)
+                figures.setdefault("server_answer_tokens", []).extend(lengths)
                 ttfts += firsts
         peak = peak_rss_mb(server.pid)
     finally:
@@ -204,9 +227,11 @@ def main() -> None:
     if args.hf_serve:
         for name, continuous in (("hf_serve", False), ("hf_serve_cb", True)):
             figures.update(transformers_serve_figures(name, model_dir, continuous, args,
-                                                      data_dir))
+                                                      data_dir, hf_full_length(loaded,
+                                                                               args.tokens)))
 
-    med = {name: statistics.median(values) for name, values in figures.items()}
+    med = {name: (statistics.mean if name.endswith("answer_tokens") else statistics.median)(
+        values) for name, values in figures.items()}
     ttfts.sort()
     result = {
         "bench": "serve", "model": args.model, "tokens": args.tokens, "rounds": args.rounds,

@@ -88,7 +88,8 @@ class ChatService:
                                "surrogate)", code="invalid_request") from None
 
     def sampling(self, *, max_tokens: int | None, temperature: float, top_p: float,
-                 stop: list[str] | None, seed: int | None, n: int = 1) -> list[SamplingParams]:
+                 stop: list[str] | None, seed: int | None, n: int = 1,
+                 min_tokens: int = 0, ignore_eos: bool = False) -> list[SamplingParams]:
         """The sampling of each of `n` answers (seeds counting up from `seed`); max_tokens
         defaults to the settings'. What SamplingParams refuses is a 422."""
         max_tokens = max_tokens or self.settings.max_new_tokens
@@ -96,7 +97,8 @@ class ChatService:
         try:
             return [SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                    top_p=top_p, stop=tuple(stop or ()),
-                                   seed=None if seed is None else seed + i)
+                                   seed=None if seed is None else seed + i,
+                                   min_tokens=min_tokens, ignore_eos=ignore_eos)
                     for i in range(n)]
         except ValueError as e:
             raise APIError(422, str(e), code="invalid_request") from None
@@ -291,8 +293,7 @@ class ChatService:
                 session, conversation_id=prompt.conversation_id, role="assistant",
                 content=finished.text, parent_id=prompt_message_id,
                 adapter_version=adapter_version,
-                sampling={"temperature": params.temperature, "top_p": params.top_p,
-                          "max_tokens": params.max_tokens, "stop": list(params.stop)},
+                sampling=_sampling_record(params),
                 seed=params.seed, prompt_tokens=finished.prompt_tokens,
                 completion_tokens=finished.completion_tokens,
                 finish_reason=finished.reason, latency_ms=latency_ms)
@@ -347,3 +348,14 @@ def _continuation(session, conversation_id: int) -> int | None:
 
 def _as_chat(message) -> dict:
     return {"role": str(message.role), "content": message.content}
+
+
+def _sampling_record(params: SamplingParams) -> dict:
+    """What an answer's stored `sampling` says; vLLM's extensions only where used."""
+    record = {"temperature": params.temperature, "top_p": params.top_p,
+              "max_tokens": params.max_tokens, "stop": list(params.stop)}
+    if params.min_tokens:
+        record["min_tokens"] = params.min_tokens
+    if params.ignore_eos:
+        record["ignore_eos"] = True
+    return record

@@ -261,6 +261,7 @@ class GenerationEngine:
         """Sample every row in one call, decode every row's new text in one call, and hand
         the step's events to the event loops in one call each."""
         uniform = torch.tensor([s.rng.random() for s in seqs], device=logits.device)
+        self._forbid_eos(seqs, logits)
         tokens = sample_next_tokens(logits, temperature, top_p, uniform).tolist()
         outbox: list[tuple[GenerationRequest, Event]] = []
         growing = []
@@ -275,6 +276,15 @@ class GenerationEngine:
             self._emit(seq, text, outbox)
         _deliver(outbox)
         self._retire()
+
+    def _forbid_eos(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
+        """Rows still short of min_tokens, or asking to ignore EOS, cannot draw an end of
+        text: its logits become -inf (in place; logits: [B, V])."""
+        rows = [i for i, s in enumerate(seqs) if s.request.params.ignore_eos
+                or len(s.generated) < s.request.params.min_tokens]
+        if rows:
+            eos = torch.tensor(sorted(self.eos_ids), device=logits.device)
+            logits[torch.tensor(rows, device=logits.device).unsqueeze(-1), eos] = float("-inf")
 
     def _new_text(self, seqs: list[_Sequence]) -> list[str]:
         """Each sequence's text once its new tokens are decoded (module doc of _Sequence),

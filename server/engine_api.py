@@ -71,6 +71,8 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=1)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -177,7 +179,8 @@ class EngineService:
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         try:
             params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature,
-                                    top_p=body.top_p, stop=stop, seed=body.seed)
+                                    top_p=body.top_p, stop=stop, seed=body.seed,
+                                    min_tokens=body.min_tokens, ignore_eos=body.ignore_eos)
         except ValueError as e:
             raise EngineError(400, str(e)) from None
         return ids, params, adapter

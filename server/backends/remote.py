@@ -120,6 +120,7 @@ class RemoteBackend:
         body = {"model": adapter or self.base_model, "prompt": prompt_ids,
                 "max_tokens": params.max_tokens, "temperature": params.temperature,
                 "top_p": params.top_p, "stop": list(params.stop), "seed": params.seed,
+                "min_tokens": params.min_tokens, "ignore_eos": params.ignore_eos,
                 "stream": True, "stream_options": {"include_usage": True}}
         text, reason, usage = "", None, None
         try:

@@ -76,6 +76,8 @@ class ChatCompletionRequest(BaseModel):
     stop: Stops | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=4)
+    min_tokens: int = Field(0, ge=0)  # vLLM's extra sampling parameters
+    ignore_eos: bool = False
 
 
 @router.get("/models")
@@ -96,7 +98,8 @@ async def chat_completions(body: ChatCompletionRequest, caller: CallerDep, chat:
     adapter = adapters.resolve(body.model)
     params = chat.sampling(max_tokens=body.max_completion_tokens or body.max_tokens,
                            temperature=body.temperature, top_p=body.top_p, stop=body.stop,
-                           seed=body.seed, n=body.n)
+                           seed=body.seed, n=body.n, min_tokens=body.min_tokens,
+                           ignore_eos=body.ignore_eos)
     chat.admit(caller, answers=body.n, endpoint="openai")
     prompt_ids = await asyncio.to_thread(chat.prompt_ids, messages, params[0].max_tokens)
     # The engine starts on the answers while the conversation is stored (with many

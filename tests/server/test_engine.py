@@ -202,6 +202,24 @@ def test_the_eos_token_ends_the_answer_with_stop(demo) -> None:
     assert (finished.reason, finished.text, finished.completion_tokens) == ("stop", "", 0)
 
 
+@pytest.mark.parametrize("asks", [{"ignore_eos": True}, {"min_tokens": 3}])
+def test_an_answer_asked_to_go_on_never_draws_the_eos_token_too_early(demo, asks) -> None:
+    ids = _ids(demo, PROMPTS[0])
+    with torch.inference_mode():
+        first = int(demo.model(torch.tensor([ids])).logits[0, -1].argmax())
+    engine = GenerationEngine(demo.model, demo.tokenizer, max_context=demo.max_context)
+    engine.eos_ids = {first}  # what the greedy answer would draw first ends it
+    engine.start()
+    try:
+        _, finished = asyncio.run(_collect(engine, ids, SamplingParams(
+            max_tokens=6, temperature=0.0, **asks)))
+    finally:
+        engine.stop()
+    # without them the answer would end at once; min_tokens allows the end after 3 tokens
+    assert finished.completion_tokens == 6 or "min_tokens" in asks
+    assert finished.completion_tokens >= 3
+
+
 def test_a_cancelled_request_frees_its_slot_and_the_others_go_on(demo, engine,
                                                                   references) -> None:
     before = engine.tokens_generated

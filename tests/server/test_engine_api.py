@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from starlette.testclient import TestClient
 
 from flywheel.adapter_store import AdapterStore
@@ -99,6 +100,21 @@ def test_bad_completion_requests_get_vllm_errors(engine) -> None:
         "model": "demo", "prompt": [10**9]}), 400)
     assert "max_tokens" in _vllm_error(engine.post("/v1/completions", json={
         "model": "demo", "prompt": [1], "max_tokens": 0}), 400)
+    assert "min_tokens" in _vllm_error(engine.post("/v1/completions", json={
+        "model": "demo", "prompt": [1], "max_tokens": 2, "min_tokens": 3}), 400)
+
+
+def test_ignore_eos_runs_to_max_tokens(engine, demo, monkeypatch) -> None:
+    ids = chat_ids(demo.tokenizer, [{"role": "user", "content": "Tell me about my cat."}])
+    with torch.inference_mode():
+        first = int(demo.model(torch.tensor([ids])).logits[0, -1].argmax())
+    # the greedy answer's first token now ends the text
+    monkeypatch.setattr(engine.app.state.service.engine, "eos_ids", {first})
+    assert _complete(engine, "demo", ids)["usage"]["completion_tokens"] == 0
+
+    whole = _complete(engine, "demo", ids, max_tokens=10, ignore_eos=True)
+    assert whole["choices"][0]["finish_reason"] == "length"
+    assert whole["usage"]["completion_tokens"] == 10
 
 
 def test_a_lora_loads_answers_is_listed_and_unloads(engine, store, demo) -> None:

@@ -254,6 +254,19 @@ def test_n_answers_stream_side_by_side_and_can_be_ranked(sdk, http, app) -> None
     assert ranked.json()["ranking"] == [finished[1], finished[0]]
 
 
+def test_vllm_s_ignore_eos_runs_the_answer_to_max_tokens_and_is_stored(sdk, app) -> None:
+    completion = sdk.chat.completions.create(
+        model="demo", messages=MESSAGES, max_tokens=40, temperature=1.0, seed=3,
+        extra_body={"ignore_eos": True, "min_tokens": 2})
+
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 40
+    with db_session(app) as session:
+        answer = session.get(Message, completion.choices[0].model_extra["message_id"])
+        assert answer.sampling == {"temperature": 1.0, "top_p": 1.0, "max_tokens": 40,
+                                   "stop": [], "min_tokens": 2, "ignore_eos": True}
+
+
 def test_stop_strings_and_content_parts(reference, sdk) -> None:
     stop = reference[len(reference) // 2:][:3]
     cut = sdk.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=8,
@@ -333,6 +346,8 @@ def _stored(app) -> int:
     {"stop": "x" * (MAX_STOP_CHARS + 1)},
     {"stop": ["a", "b", "c", "d", "e"]},
     {"n": 5},
+    {"min_tokens": -1},
+    {"min_tokens": 2},
     {"max_tokens": 10**30},
     {"max_tokens": WINDOW + 1},
     {"max_completion_tokens": 2**64},

@@ -29,6 +29,8 @@ def _logits(*probs: float) -> torch.Tensor:
     {"stop": ("x" * (MAX_STOP_CHARS + 1),)},
     {"seed": 2**31},
     {"seed": -(2**31) - 1},
+    {"min_tokens": -1},
+    {"max_tokens": 4, "min_tokens": 5},
 ])
 def test_sampling_params_refuse_what_openai_refuses(bad) -> None:
     with pytest.raises(ValueError):
@@ -39,6 +41,7 @@ def test_sampling_params_accept_the_edges() -> None:
     SamplingParams(max_tokens=1, temperature=0.0, top_p=1.0,
                    stop=("a", "b", "c", "x" * MAX_STOP_CHARS), seed=2**31 - 1)
     SamplingParams(temperature=2.0, top_p=1e-6, seed=-(2**31))
+    SamplingParams(max_tokens=4, min_tokens=4, ignore_eos=True)
 
 
 # -- top_p_filter ---------------------------------------------------------------------------
