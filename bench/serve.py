@@ -4,6 +4,13 @@ against the same model's in-process `generate`. Prints one JSON line of figures.
     python bench/serve.py [--model demo] [--tokens 64] [--rounds 3] [--streams 1,4,16]
                           [--no-hf-serve]
 
+--model takes what `flywheel serve --model` takes, or `qwen2-0.5b`: Qwen2.5-0.5B's
+architecture (24 layers, 896 wide, grouped-query attention) built from its config with
+random weights and the demo's tokenizer (30,522 tokens instead of 151,936: 0.39B
+parameters), so a GPU run measures a real model's shape with nothing to download:
+
+    python bench/serve.py --model qwen2-0.5b --streams 1,16,64
+
 Figures (medians over rounds, measured side by side in one run):
   generate_tps            in-process `model.generate`, one sequence
   server_tps_1            one stream through the server (streaming SSE)
@@ -36,10 +43,34 @@ from pathlib import Path
 import httpx
 import openai
 import torch
+import transformers
 
+from flywheel.demo_model import build_demo_tokenizer
 from flywheel.model_loading import load_model
 
 PROMPT = [{"role": "user", "content": "Tell me a story about a lighthouse keeper."}]
+
+# Models built from a published config (random weights): the shape is what costs time.
+SHAPES = {"qwen2-0.5b": {
+    "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+    "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+    "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True}}
+
+
+def build_shaped_model(name: str, models_dir: Path) -> str:
+    """The directory of model `name` from SHAPES, written once (bf16 weights)."""
+    path = models_dir / name
+    if not (path / "config.json").exists():
+        tokenizer = build_demo_tokenizer()
+        config = transformers.Qwen2Config(
+            **SHAPES[name], vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = transformers.AutoModelForCausalLM.from_config(config)
+        model.to(torch.bfloat16).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return str(path)
 
 
 def free_port() -> int:
@@ -195,12 +226,14 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
-    loaded = load_model(args.model, models_dir=data_dir / "models")
+    model = (build_shaped_model(args.model, data_dir / "models") if args.model in SHAPES
+             else args.model)
+    loaded = load_model(model, models_dir=data_dir / "models")
     for batch in (1, max(args.streams), 1):  # warm-up: allocation and kernels
         generate_tps(loaded, args.tokens, batch)
     key = create_key(data_dir)
     port = free_port()
-    server = start_server(args.model, data_dir, port)
+    server = start_server(model, data_dir, port)
     base_url = f"http://127.0.0.1:{port}"
     figures: dict[str, list[float]] = {}
     ttfts: list[float] = []
