@@ -24,8 +24,8 @@ Figures (medians over rounds, measured side by side in one run):
   hf_serve_cb_tps_*       …with its continuous batching (`--continuous-batching`)
   hf_serve_*scaling_Nx    their N streams / one stream
   *answer_tokens          mean tokens per answer over every stream (each answer runs to
-                          --tokens: vLLM's `ignore_eos` for Flywheel, `min_new_tokens`
-                          in the request's generation config for `transformers serve`)
+                          --tokens: vLLM's `ignore_eos` for Flywheel, no EOS id in
+                          the request's generation config for `transformers serve`)
 """
 
 import argparse
@@ -150,9 +150,10 @@ async def server_round(base_url: str, streams: int, tokens: int, key: str = "",
 
 def hf_full_length(loaded, tokens: int) -> dict:
     """`transformers serve`'s way to the same answer lengths: a generation config (a JSON
-    string in the request) that samples and ends no answer before `tokens`."""
+    string in the request) that samples `tokens` tokens with no end-of-text token (-1 is
+    no token; its continuous batching ignores `min_new_tokens`)."""
     config = loaded.model.generation_config.to_diff_dict()
-    config.update(do_sample=True, min_new_tokens=tokens, max_new_tokens=tokens)
+    config.update(do_sample=True, max_new_tokens=tokens, eos_token_id=[-1])
     return {"generation_config": json.dumps(config)}
 
 
