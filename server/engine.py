@@ -279,7 +279,8 @@ class GenerationEngine:
 
     def _forbid_eos(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Rows still short of min_tokens, or asking to ignore EOS, cannot draw an end of
-        text: its logits become -inf (in place; logits: [B, V])."""
+        text: its logits become -inf (in place; logits: [B, V]). (Stop strings wait for
+        min_tokens in `_emit`.)"""
         rows = [i for i, s in enumerate(seqs) if s.request.params.ignore_eos
                 or len(s.generated) < s.request.params.min_tokens]
         if rows:
@@ -306,7 +307,7 @@ class GenerationEngine:
 
     def _emit(self, seq: _Sequence, text: str, outbox: list) -> None:
         request = seq.request
-        delta = seq.stream.update(text)
+        delta = seq.stream.update(text, stops=len(seq.generated) >= request.params.min_tokens)
         if delta:
             outbox.append((request, Token(delta)))
         if seq.stream.stopped:

@@ -83,17 +83,19 @@ class TextStream:
     sent: str = ""
     stopped: bool = field(default=False)
 
-    def update(self, text: str) -> str:
+    def update(self, text: str, *, stops: bool = True) -> str:
         """`text` is the decode of every token so far; returns the new part safe to send.
-        Sets `stopped` (and cuts the text) once a stop string appears."""
-        for stop in self.stop:
+        Sets `stopped` (and cuts the text) once a stop string appears in what is new.
+        `stops=False` (before min_tokens, as vLLM) lets stop strings pass as text."""
+        active = self.stop if stops else ()
+        for stop in active:
             at = text.find(stop, max(0, len(self.sent) - len(stop)))
             if at != -1:
                 self.stopped = True
                 return self._advance(text[:at])
         if text.endswith("\ufffd"):
             return ""
-        hold = max((_overlap(text, stop) for stop in self.stop), default=0)
+        hold = max((_overlap(text, stop) for stop in active), default=0)
         return self._advance(text[: len(text) - hold])
 
     def finish(self, text: str) -> str:

@@ -176,6 +176,21 @@ def test_a_stop_string_ends_the_answer_before_it(demo, engine, references) -> No
     assert all(stop not in t for t in tokens)
 
 
+def test_a_stop_string_waits_for_min_tokens(demo, engine, references) -> None:
+    reference = references[PROMPTS[1]]
+    stop = reference[:6]  # the answer's first words, which it does not repeat
+    assert reference.count(stop) == 1
+
+    def answer(min_tokens: int):
+        return asyncio.run(_collect(engine, _ids(demo, PROMPTS[1]), SamplingParams(
+            max_tokens=12, temperature=0.0, stop=(stop,), min_tokens=min_tokens)))
+
+    assert answer(0)[1].text == ""  # stopped at once
+    tokens, finished = answer(4)
+    assert (finished.reason, finished.text) == ("length", reference)  # as vLLM: no stop yet
+    assert "".join(tokens) == reference
+
+
 def test_max_tokens_ends_with_length(demo, engine, references) -> None:
     async def scenario():
         return await _collect(engine, _ids(demo, PROMPTS[2]),

@@ -176,6 +176,14 @@ def test_text_stream_stop_string_across_many_updates() -> None:
     assert "".join(deltas) == stream.sent == "ok then "
 
 
+def test_text_stream_lets_stop_strings_pass_until_told_to_stop() -> None:
+    stream = TextStream(stop=("END",))
+    assert stream.update("a END b", stops=False) == "a END b"  # before min_tokens
+    assert stream.update("a END b E") == " "  # now a stop may begin: "E" is held
+    assert stream.update("a END b END c") == ""
+    assert stream.stopped and stream.sent == "a END b "
+
+
 def test_text_stream_waits_for_an_incomplete_character() -> None:
     stream = TextStream()
     assert stream.update("caf\ufffd") == ""
