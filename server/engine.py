@@ -283,7 +283,7 @@ class GenerationEngine:
         min_tokens in `_emit`.)"""
         rows = [i for i, s in enumerate(seqs) if s.request.params.ignore_eos
                 or len(s.generated) < s.request.params.min_tokens]
-        if rows:
+        if rows and self.eos_ids:  # a model without an EOS token has nothing to forbid
             eos = torch.tensor(sorted(self.eos_ids), device=logits.device)
             logits[torch.tensor(rows, device=logits.device).unsqueeze(-1), eos] = float("-inf")
 

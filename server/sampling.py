@@ -19,7 +19,8 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    # vLLM's extensions: no end of text before min_tokens, or none at all (benchmarks)
+    # vLLM's extensions: no end of text or stop string before min_tokens; no end of
+    # text at all (benchmarks)
     min_tokens: int = 0
     ignore_eos: bool = False
 

@@ -235,6 +235,18 @@ def test_an_answer_asked_to_go_on_never_draws_the_eos_token_too_early(demo, asks
     assert finished.completion_tokens >= 3
 
 
+def test_ignore_eos_on_a_model_without_an_eos_token(demo) -> None:
+    engine = GenerationEngine(demo.model, demo.tokenizer, max_context=demo.max_context)
+    engine.eos_ids = set()
+    engine.start()
+    try:
+        _, finished = asyncio.run(_collect(engine, _ids(demo, PROMPTS[0]), SamplingParams(
+            max_tokens=4, temperature=0.0, ignore_eos=True)))
+    finally:
+        engine.stop()
+    assert (finished.reason, finished.completion_tokens) == ("length", 4)
+
+
 def test_a_cancelled_request_frees_its_slot_and_the_others_go_on(demo, engine,
                                                                   references) -> None:
     before = engine.tokens_generated
