@@ -134,7 +134,7 @@ def train_ppo(
     `checkpoint` is handed the state every `config.checkpoint_every` steps, after the
     update (the policy's weights are then the adapter's to save with it).
 
-    Each log holds: step, score (reward model, mean), reward (score − penalty − β·KL, per
+    Each log holds: step, score (reward model, mean), reward (centred score − penalty − β·KL, per
     answer), kl and kl_k3 (per answer, nats, policy vs reference), beta, entropy (per token),
     response_length, eos_fraction, policy_loss, value_loss, clip_fraction, value_clip_fraction,
     approx_kl (rollout vs updated policy). At the KL cap the step before it is restored and
@@ -215,7 +215,12 @@ def train_ppo(
             scores = reward_fn([prompts[i] for i in batch[part]], completions).to(device).float()
         has_eos = torch.isin(responses.gather(1, mask.sum(1, keepdim=True).long() - 1),
                              eos).squeeze(1)
-        penalised = scores - config.missing_eos_penalty * (~has_eos).float()
+        # Scores centred on the batch's mean: the critic starts at zero, and a reward whose
+        # mean sits far from it (a raw preference, a reward model without normalisation)
+        # would otherwise flood the shared LoRA with value-loss gradients and wreck the
+        # policy in a few steps. A shift of every score by one constant now changes nothing.
+        centred = scores - dp.mean(scores)
+        penalised = centred - config.missing_eos_penalty * (~has_eos).float()
         kl = kl_k1(logprobs, ref_logprobs) * mask
         seq_kl = dp.mean(kl.sum(1))  # figures over every rank's answers
         seq_k3 = dp.mean(masked_sum(kl_k3(logprobs, ref_logprobs), mask, dim=1))

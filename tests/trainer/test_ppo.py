@@ -1,5 +1,6 @@
 """The PPO recipe on a tiny model: one step's logs, seeded reproducibility, the hard KL cap,
-the adapter-off reference, the missing-EOS penalty and warm starts from the adapter store."""
+the adapter-off reference, the missing-EOS penalty, scores centred on their batch's mean
+and warm starts from the adapter store."""
 
 import pytest
 import torch
@@ -86,6 +87,30 @@ def test_answers_without_eos_are_penalised(tokenizer):
     log = train_ppo(policy, tokenizer, PROMPTS, zero, config).metrics[0]
     assert log["eos_fraction"] < 1  # a random model rarely says [SEP] in 6 tokens
     assert log["reward"] == pytest.approx(-2.5 * (1 - log["eos_fraction"]), abs=1e-4)  # KL ~ 0
+
+
+def test_a_constant_added_to_every_score_trains_the_same_policy(tokenizer):
+    # Scores are centred on the batch's mean before the critic sees them: a reward 100 above
+    # another everywhere (a raw preference, an uncentred reward model) is the same reward.
+    def shifted(prompts, completions):
+        return length_reward(prompts, completions) + 100.0
+
+    config = PPOConfig(**{**SMALL, "steps": 3})
+    results = []
+    for reward_fn in (length_reward, shifted):
+        policy = prepare_policy(build_tiny_model("llama", tokenizer=tokenizer), config)
+        results.append(train_ppo(policy, tokenizer, PROMPTS, reward_fn, config))
+    plain, offset = results
+    assert [m["score"] + 100 for m in plain.metrics] == pytest.approx(
+        [m["score"] for m in offset.metrics])
+    for key in ("reward", "value_loss", "response_length"):
+        assert [m[key] for m in plain.metrics] == pytest.approx(
+            [m[key] for m in offset.metrics], abs=1e-3)
+    # Equal up to float rounding, which Adam magnifies on weights whose gradient is ~0.
+    weights = dict(offset.model.named_parameters())
+    for name, param in plain.model.named_parameters():
+        if "lora_B" in name:
+            assert (param - weights[name]).norm() <= 1e-3 * param.norm(), name
 
 
 def test_adaptive_beta_moves_towards_the_target(tokenizer):
