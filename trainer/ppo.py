@@ -134,11 +134,11 @@ def train_ppo(
     `checkpoint` is handed the state every `config.checkpoint_every` steps, after the
     update (the policy's weights are then the adapter's to save with it).
 
-    Each log holds: step, score (reward model, mean), reward (centred score − penalty − β·KL, per
-    answer), kl and kl_k3 (per answer, nats, policy vs reference), beta, entropy (per token),
-    response_length, eos_fraction, policy_loss, value_loss, clip_fraction, value_clip_fraction,
-    approx_kl (rollout vs updated policy). At the KL cap the step before it is restored and
-    the run stops (its log has stopped = 1).
+    Each log holds: step, score (reward model, mean), reward (centred score − penalty −
+    β·KL, per answer), kl and kl_k3 (per answer, nats, policy vs reference), beta, entropy
+    (per token), response_length, eos_fraction, policy_loss, value_loss, clip_fraction,
+    value_clip_fraction, approx_kl (rollout vs updated policy). At the KL cap the step
+    before it is restored and the run stops (its log has stopped = 1).
     """
     if not prompts:
         raise ValueError("PPO needs at least one prompt")
