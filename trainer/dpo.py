@@ -14,7 +14,6 @@ comes from generators the run owns, never from the process-wide RNG. The loss is
 `trainer.rlhf.dpo_math.dpo_loss`.
 """
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from trainer.rlhf.dpo_math import dpo_loss, weighted_mean
 from trainer.rlhf.ppo_math import kl_k1, kl_k3, masked_mean, masked_sum
 from trainer.rollout import (
     Batch,
+    KLCap,
     Messages,
     RewardFn,
     answer_logprobs,
@@ -41,11 +41,8 @@ from trainer.rollout import (
     fit,
     make_batch,
     prompt_batches,
-    restore,
     sample,
 )
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -166,7 +163,7 @@ def train_online_dpo(
     timings = {"generation": 0.0, "scoring": 0.0, "update": 0.0}
     metrics: list[dict[str, float]] = []
     stop_reason = "steps"
-    snapshot = [p.detach().clone() for p in trainable]
+    kl_cap = KLCap(trainable, config.kl_cap)
     for step in range(config.steps):
         batch_prompts = next(order)
         # 1. Sample k answers to each prompt with the policy (adapter on).
@@ -201,16 +198,12 @@ def train_online_dpo(
         timings["scoring"] += time.perf_counter() - scoring_started
 
         # 3. Hard KL cap: this policy went too far; go back to the last one within the cap.
-        if kl > config.kl_cap:
-            restore(trainable, snapshot)
-            logger.warning("KL %.2f is over the cap %.2f at step %d: stopping", kl,
-                           config.kl_cap, step)
+        if kl_cap.went_over(kl, step):
             metrics.append({**log, "stopped": 1.0})
             if on_step:
                 on_step(metrics[-1])
             stop_reason = "kl_cap"
             break
-        snapshot = [p.detach().clone() for p in trainable]
 
         # 4. Pairs: the best against the worst answer to each prompt, unless they tie (an
         #    answer without EOS ranks as if it scored `missing_eos_penalty` less).

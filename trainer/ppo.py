@@ -46,13 +46,13 @@ from trainer.rlhf.ppo_math import (
     token_rewards,
 )
 from trainer.rollout import (
+    KLCap,
     Messages,
     RewardFn,
     decode,
     encode_prompt,
     eos_ids,
     prompt_batches,
-    restore,
     sample,
 )
 
@@ -176,7 +176,7 @@ def train_ppo(
     eos = eos_ids(policy, tokenizer)
     timings = {"generation": 0.0, "scoring": 0.0, "update": 0.0}
     stop_reason = "steps"
-    snapshot = [p.detach().clone() for p in trainable]
+    kl_cap = KLCap(trainable, config.kl_cap)
 
     def current_state(*, resumable: bool) -> PPOState:
         return PPOState(
@@ -239,16 +239,12 @@ def train_ppo(
         timings["scoring"] += time.perf_counter() - scoring_started
 
         # 3. Hard KL cap: this policy went too far; go back to the last one within the cap.
-        if seq_k3 > config.kl_cap:
-            restore(trainable, snapshot)
-            logger.warning("KL %.2f is over the cap %.2f at step %d: stopping", seq_k3,
-                           config.kl_cap, step)
+        if kl_cap.went_over(seq_k3, step):
             metrics.append({**log, "stopped": 1.0})
             if on_step:
                 on_step(metrics[-1])
             stop_reason = "kl_cap"
             break
-        snapshot = [p.detach().clone() for p in trainable]
 
         # 4. Update: several epochs of clipped policy + value losses over shuffled minibatches.
         update_started = time.perf_counter()

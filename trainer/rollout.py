@@ -9,6 +9,7 @@ only on the positions that predict a real answer token: not over prompts, not ov
 Every random draw comes from a generator the caller owns, never from the process-wide RNG.
 """
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from flywheel import generation
 from flywheel.generation import chat_ids, inverse_cdf, left_padded
 from trainer.rlhf.ppo_math import logprobs_from_logits
+
+logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 RewardFn = Callable[[list[Messages], list[str]], Tensor]
@@ -223,8 +226,24 @@ def decode(tokenizer: PreTrainedTokenizerBase, batch: Batch, eos: Tensor) -> lis
             for row, k in zip(batch.answers, keep, strict=True)]
 
 
-def restore(params: list[nn.Parameter], saved: list[Tensor]) -> None:
-    """Put `saved` values back into `params` (a run going back to its last good step)."""
-    with torch.no_grad():
-        for param, value in zip(params, saved, strict=True):
-            param.copy_(value)
+class KLCap:
+    """A hard cap on the policy's mean per-answer KL to the reference: it keeps a copy of
+    the last trainable weights within the cap, and puts them back when a step's policy
+    goes over (the run then stops at its last good step)."""
+
+    def __init__(self, params: list[nn.Parameter], cap: float):
+        self.params, self.cap = params, cap
+        self.kept = [p.detach().clone() for p in params]
+
+    def went_over(self, kl: float, step: int) -> bool:
+        """True, with the last weights within the cap restored, when `kl` is over it;
+        otherwise the current weights become the ones to go back to."""
+        if kl > self.cap:
+            logger.warning("KL %.2f is over the cap %.2f at step %d: stopping", kl, self.cap,
+                           step)
+            with torch.no_grad():
+                for param, value in zip(self.params, self.kept, strict=True):
+                    param.copy_(value)
+            return True
+        self.kept = [p.detach().clone() for p in self.params]
+        return False

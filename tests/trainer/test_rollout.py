@@ -6,6 +6,7 @@ import torch
 
 from tests.fixtures.tiny_models import build_tiny_model, tiny_tokenizer
 from trainer.rollout import (
+    KLCap,
     answer_logprobs,
     decode,
     draw,
@@ -143,3 +144,15 @@ def test_draw_samples_the_softmax_and_reports_log_probs_and_entropy():
     assert torch.allclose(entropy, expected.expand(len(tokens)), atol=1e-5)
     hot_tokens, hot_logprobs, _ = draw(logits[:8], 2.0)  # temperature 2: softmax(logits / 2)
     assert torch.allclose(hot_logprobs, torch.log_softmax(logits[0] / 2, -1)[hot_tokens])
+
+
+def test_the_kl_cap_keeps_the_last_weights_within_it_and_puts_them_back_when_over():
+    weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    cap = KLCap([weight], cap=0.5)
+    with torch.no_grad():
+        weight.add_(1.0)
+    assert not cap.went_over(0.5, step=0)  # at the cap is within it: these weights are kept
+    with torch.no_grad():
+        weight.mul_(10.0)
+    assert cap.went_over(0.51, step=1)
+    assert weight.tolist() == [2.0, 3.0]
