@@ -170,7 +170,8 @@ def main() -> None:
                   "errors": sum(c["errors"] for c in crowd),
                   "turns_per_s": [c["turns_per_s"] for c in crowd]},
         "cycle_runs": [{k: c[k] for k in ("run_id", "status", "version", "promoted", "minutes",
-                                          "votes_used", "reward_accuracy", "rm_win_rate",
+                                          "votes_used", "reward_accuracy", "reward_margin_low",
+                                          "rm_win_rate",
                                           "rm_win_rate_low", "kl_to_base", "judge") if k in c}
                        for c in cycles],
         "data_dir": str(data_dir)}))
@@ -247,6 +248,8 @@ def _wait_for_cycle(engine, *, after: int, deadline: float) -> dict | None:
                         "promoted": promoted, "new_votes": sum(window.values()),
                         "kl_to_base": report.get("kl_to_base"),
                         "reward_accuracy": run.metrics.get("reward", {}).get("accuracy"),
+                        "reward_margin_low": (report.get("reward_model_heldout") or {}
+                                              ).get("margin_low"),
                         "rm_win_rate": judged.get("rate"), "rm_win_rate_low": judged.get("low")}
         time.sleep(2)
     return None

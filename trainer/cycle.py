@@ -16,6 +16,7 @@ and KL controller its training ended with.
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -250,7 +251,8 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
                                 judge=_configured_judge(settings))
     version = store.next_version()  # ours alone: we hold the cycle lease
     report.update(candidate=version, baseline=live_version or "base", method=result.method,
-                  sft_steps=result.sft_steps, reward_model=rm_dir.name, parent=live_version)
+                  sft_steps=result.sft_steps, reward_model=rm_dir.name, parent=live_version,
+                  reward_model_heldout=metrics["reward"].get("in_use_heldout"))
 
     # 4. Store the adapter (atomically) and the state its training ended with (the next
     #    cycle's warm start), then register it as a candidate with its report.
@@ -320,7 +322,8 @@ def _reward_stage(settings: Settings, engine: Engine, config: CycleConfig, progr
     progress("reward", {**rm_metrics, "version": registered.version,
                         "replaced_current": registered.kept,
                         "previous_version": previous.name if previous else None,
-                        "pairs": len(split.train), "heldout_pairs": len(split.heldout)})
+                        "pairs": len(split.train), "heldout_pairs": len(split.heldout),
+                        "in_use_heldout": registered.heldout})
     rm_dir = registered.in_use
     if not registered.kept:
         reward_model = RewardModel.load(rm_dir, models_dir=settings.models_dir)
@@ -339,14 +342,24 @@ def promotion_gate(settings: Settings, report: dict) -> tuple[bool, dict]:
     figures it was judged on. The reward model's win rate over the live adapter must reach
     `auto_promote_min_win_rate`, and the low end of its 95% interval must lie above
     `auto_promote_min_win_rate_low`: on a few dozen pairs a win rate of 0.58 is as likely
-    a worse candidate as a better one."""
+    a worse candidate as a better one.
+
+    That judgement is only as good as the reward model, which trained the candidate too:
+    one that learned nothing from the votes still prefers what it trained. So the low end
+    of its held-out margin's 95% interval (`trainer.reward.evaluate_reward_model`) must
+    reach `auto_promote_min_reward_margin_low`; a model with no held-out pairs cannot show
+    that (its low end counts as -inf)."""
     judged = report["reward_model_win_rate"]
     win, low = judged["rate"] or 0.0, judged["low"] or 0.0
     bad = report["empty_rate"] + report["degenerate_rate"]
+    margin_low = (report.get("reward_model_heldout") or {}).get("margin_low")  # None: no pairs
     gate = {"win_rate": win, "win_rate_low": low, "pairs": judged["n"],
-            "kl_to_base": report["kl_to_base"], "empty_or_degenerate": bad}
+            "kl_to_base": report["kl_to_base"], "empty_or_degenerate": bad,
+            "reward_margin_low": margin_low}
     passed = (win >= settings.auto_promote_min_win_rate
               and low > settings.auto_promote_min_win_rate_low
+              and (-math.inf if margin_low is None else margin_low)
+              >= settings.auto_promote_min_reward_margin_low
               and report["kl_to_base"] <= settings.auto_promote_max_kl
               and bad <= settings.auto_promote_max_degenerate)
     return passed, gate

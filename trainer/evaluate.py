@@ -97,8 +97,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# {report['candidate']} vs {report['baseline']}",
         "",
-        f"On {report['prompts']} held-out prompts, judged by the reward model:",
-        "",
+        *_judged_by(report),
         "| measure | value |",
         "|---|---|",
         f"| reward, candidate − baseline | {r['delta']:+.3f} "
@@ -117,6 +116,25 @@ def render_markdown(report: dict) -> str:
                   f"- candidate ({s['candidate_reward']:+.2f}): {s['candidate']}",
                   f"- baseline ({s['baseline_reward']:+.2f}): {s['baseline']}"]
     return "\n".join(lines) + "\n"
+
+
+def _judged_by(report: dict) -> list[str]:
+    """Which reward model judged (the cycle adds it to the report) and how it did on its
+    held-out pairs, with a warning when its margin there is no better than chance."""
+    name = report.get("reward_model")
+    heldout = report.get("reward_model_heldout") or {}
+    if heldout.get("margin_low") is None:
+        return [f"On {report['prompts']} held-out prompts, judged by the reward model"
+                f"{f' {name}' if name else ''}:", ""]
+    lines = [f"On {report['prompts']} held-out prompts, judged by the reward model {name} "
+             f"(on its {heldout['pairs']} held-out pairs: accuracy {heldout['accuracy']:.0%}, "
+             f"margin {heldout['margin']:+.2f}, 95% CI {heldout['margin_low']:+.2f} to "
+             f"{heldout['margin_high']:+.2f}):", ""]
+    if heldout["margin_low"] <= 0:
+        lines[:0] = ["**Warning: the reward model agrees with the voters no better than "
+                     "chance on its held-out pairs, and it trained this candidate. Its win "
+                     "rate below says little about what people will prefer.**", ""]
+    return lines
 
 
 def _judge_row(judged: dict | None) -> list[str]:

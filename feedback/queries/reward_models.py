@@ -58,7 +58,7 @@ def register_reward_model(session: Session, *, version: str, path: str, backbone
         _retire_current(session, actor=actor, actor_id=actor_id, replaced_by=version)
     row = RewardModelVersion(version=version, path=path, backbone=backbone, status=status,
                              parent_version=parent_version, data_window=dict(data_window or {}),
-                             heldout=_finite(heldout))
+                             heldout=finite_figures(heldout))
     session.add(row)
     _audit(session, row, "registered", actor=actor, actor_id=actor_id, detail={
         "status": status, "parent_version": parent_version, "heldout": row.heldout})
@@ -151,7 +151,7 @@ def _audit(session: Session, row: RewardModelVersion, action: str, *, actor: str
     session.flush()
 
 
-def _finite(figures: dict[str, Any] | None) -> dict[str, Any] | None:
+def finite_figures(figures: dict[str, Any] | None) -> dict[str, Any] | None:
     """NaN (no held-out pairs) as null: JSON has no NaN, and PostgreSQL refuses it."""
     if figures is None:
         return None

@@ -32,7 +32,12 @@ def _accuracy(row) -> str:
     heldout = row.heldout or {}
     if heldout.get("accuracy") is None:
         return "accuracy -"
-    return f"accuracy {heldout['accuracy']:.3f} on {heldout.get('pairs') or 0} pairs"
+    figures = f"accuracy {heldout['accuracy']:.3f} on {heldout.get('pairs') or 0} pairs"
+    if heldout.get("margin_low") is None:  # registered before margins were kept
+        return figures
+    chance = "  no better than chance" if heldout["margin_low"] <= 0 else ""
+    return (f"{figures}, margin {heldout['margin']:+.2f} "
+            f"({heldout['margin_low']:+.2f} to {heldout['margin_high']:+.2f}){chance}")
 
 
 def _line(row) -> str:

@@ -12,6 +12,9 @@ from flywheel.settings import Settings
 from tests.flywheel.test_cli import flywheel_cli, ok, one_error, sqlite_url
 
 HELDOUT = {"accuracy": 0.715, "loss": 0.58, "ece": 0.05, "pairs": 120}
+MARGINS = {"rm-0001": {},  # registered before margins were kept
+           "rm-0002": {"margin": 0.61, "margin_low": 0.2, "margin_high": 1.06},
+           "rm-0003": {"margin": 0.1, "margin_low": -0.05, "margin_high": 0.25}}
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +37,8 @@ def db(tmp_path: Path) -> str:
                 backbone="minilm", actor="scheduler", status=status,
                 parent_version=None if version == "rm-0001" else "rm-0001",
                 data_window={"since": None, "until": "2026-01-02T03:04:05+00:00",
-                             "pairs": 900, "heldout_pairs": 120}, heldout=HELDOUT,
+                             "pairs": 900, "heldout_pairs": 120},
+                heldout={**HELDOUT, **MARGINS[version]},
                 detail={"accuracy": 0.6, "current_accuracy": 0.715}
                 if status == "rejected" else None)
     engine.dispose()
@@ -47,13 +51,17 @@ def test_list_shows_every_reward_model_newest_first(db, tmp_path):
     assert [line.split()[:2] for line in lines] == [
         ["rm-0003", "rejected"], ["rm-0002", "current"], ["rm-0001", "retired"]]
     assert "accuracy 0.715 on 120 pairs" in lines[0] and "parent rm-0001" in lines[0]
+    assert "margin +0.10 (-0.05 to +0.25)  no better than chance" in lines[0]
+    assert "margin +0.61 (+0.20 to +1.06) " in lines[1] and "chance" not in lines[1]
+    assert "margin" not in lines[2]  # rm-0001 has none
     current = ok(flywheel_cli("reward-models", "list", "--status", "current", "--db", db,
                               "--data-dir", tmp_path))
     assert current.split()[:2] == ["rm-0002", "current"] and len(current.splitlines()) == 1
     rows = [json.loads(line) for line in ok(flywheel_cli(
         "reward-models", "list", "--json", "--db", db, "--data-dir", tmp_path)).splitlines()]
     assert [r["version"] for r in rows] == ["rm-0003", "rm-0002", "rm-0001"]
-    assert rows[0]["heldout"] == HELDOUT and rows[0]["data_window"]["pairs"] == 900
+    assert rows[0]["heldout"] == {**HELDOUT, **MARGINS["rm-0003"]}
+    assert rows[0]["data_window"]["pairs"] == 900
 
 
 def test_show_gives_the_data_window_figures_and_audit_trail(db, tmp_path):

@@ -276,9 +276,11 @@ def test_a_cycle_by_another_method_names_it_in_the_candidates_report(loop, metho
     assert not (settings.data_dir / "training-state" / f"{result.adapter_version}.pt").exists()
 
 
-def _report(rate: float, low: float, kl: float = 1.0, degenerate: float = 0.0) -> dict:
+def _report(rate: float, low: float, kl: float = 1.0, degenerate: float = 0.0,
+            margin_low: float | None = 0.2) -> dict:
     return {"reward_model_win_rate": {"rate": rate, "low": low, "high": 1.0, "n": 64},
-            "kl_to_base": kl, "empty_rate": 0.0, "degenerate_rate": degenerate}
+            "kl_to_base": kl, "empty_rate": 0.0, "degenerate_rate": degenerate,
+            "reward_model_heldout": {"accuracy": 0.63, "margin_low": margin_low, "pairs": 19}}
 
 
 @pytest.mark.parametrize(("report", "passes"), [
@@ -288,9 +290,19 @@ def _report(rate: float, low: float, kl: float = 1.0, degenerate: float = 0.0) -
     (_report(0.594, 0.5), False),  # the interval reaches a coin toss
     (_report(0.906, 0.83, kl=5.3), False),
     (_report(0.906, 0.83, degenerate=0.2), False),
+    # the reward model that trained it and judged it agrees with the voters by chance only
+    (_report(0.984, 0.95, margin_low=-0.003), False),
+    (_report(0.906, 0.83, margin_low=None), False),  # it had no held-out pairs to show it
 ])
 def test_the_gate_wants_a_candidate_better_with_confidence(report, passes) -> None:
     passed, gate = promotion_gate(Settings(), report)
     assert passed is passes
     assert (gate["win_rate"], gate["win_rate_low"], gate["pairs"]) == (
         report["reward_model_win_rate"]["rate"], report["reward_model_win_rate"]["low"], 64)
+
+
+def test_the_reward_models_check_can_be_turned_off() -> None:
+    off = Settings(auto_promote_min_reward_margin_low=float("-inf"))
+    assert promotion_gate(off, _report(0.906, 0.83, margin_low=None))[0]
+    passed, gate = promotion_gate(off, _report(0.906, 0.83, margin_low=-0.5))
+    assert passed and gate["reward_margin_low"] == -0.5

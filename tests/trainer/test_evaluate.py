@@ -65,6 +65,23 @@ def test_markdown_report_shows_the_figures_and_samples(policy):
     assert page.startswith("# cand vs base")
     assert "reward-model win rate" in page and "KL to the base model" in page
     assert "**Prompt:** tell me about topic 0" in page
+    assert "Warning" not in page
+
+
+def test_the_report_names_its_reward_model_and_warns_when_it_is_at_chance(policy):
+    model, tokenizer = policy
+    report = evaluate_candidate(model, tokenizer, LengthReward(), PROMPTS[:2],
+                                candidate="cand", baseline=None, config=CONFIG)
+    heldout = {"accuracy": 0.6, "margin": 0.17, "margin_low": -0.003, "margin_high": 0.35,
+               "pairs": 124}
+    page = render_markdown({**report, "reward_model": "rm-0005",
+                            "reward_model_heldout": heldout})
+    assert ("judged by the reward model rm-0005 (on its 124 held-out pairs: accuracy 60%, "
+            "margin +0.17, 95% CI -0.00 to +0.35)") in page
+    assert "no better than chance" in page.split("| measure")[0]
+    trusted = render_markdown({**report, "reward_model": "rm-0005",
+                               "reward_model_heldout": {**heldout, "margin_low": 0.02}})
+    assert "95% CI +0.02 to +0.35" in trusted and "Warning" not in trusted
 
 
 def test_evaluation_needs_prompts(policy):

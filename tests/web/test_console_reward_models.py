@@ -1,6 +1,6 @@
 """The operator console's reward-models panel in a real browser: the registry's reward
-models, newest first, with status, held-out accuracy, pairs and parent; and a server
-without the route ("not available")."""
+models, newest first, with status, held-out accuracy and margin, pairs and parent; a
+margin no better than chance marked; and a server without the route ("not available")."""
 
 import re
 
@@ -20,8 +20,12 @@ def registered(live) -> None:
     with session_scope(live.app.state.db) as session:
         for version, status, parent, heldout in (
                 ("rm-0001", "current", None, {"accuracy": None, "pairs": 0}),
-                ("rm-0002", "current", "rm-0001", {"accuracy": 0.7125, "pairs": 80}),
-                ("rm-0003", "rejected", "rm-0002", {"accuracy": 0.65, "pairs": 80})):
+                ("rm-0002", "current", "rm-0001", {"accuracy": 0.7125, "pairs": 80,
+                                                   "margin": 0.61, "margin_low": 0.2,
+                                                   "margin_high": 1.06}),
+                ("rm-0003", "rejected", "rm-0002", {"accuracy": 0.65, "pairs": 80,
+                                                    "margin": 0.1, "margin_low": -0.05,
+                                                    "margin_high": 0.25})):
             rq.register_reward_model(
                 session, version=version, path=f"/data/reward_models/{version}",
                 backbone="minilm", actor="scheduler", status=status, heldout=heldout,
@@ -43,11 +47,14 @@ def test_the_panel_lists_the_registry(page, live, operator_key, registered):
     expect(rows.locator("th")).to_have_text(["rm-0003", "rm-0002", "rm-0001"])
     current = page.locator('#reward-models tr[data-version="rm-0002"]')
     expect(current.locator("td")).to_have_text(
-        ["current", "71.3%", "80", "700", "rm-0001", re.compile(r"\d")])  # created: a date
+        ["current", "71.3%", "+0.61 (+0.20 to +1.06)", "80", "700", "rm-0001",
+         re.compile(r"\d")])  # created: a date
     expect(current.locator(".status-pill")).to_have_class("status-pill status-current")
     rejected = page.locator('#reward-models tr[data-version="rm-0003"] td')
     expect(rejected.nth(0)).to_have_text("rejected")
-    expect(rejected.nth(4)).to_have_text("rm-0002")
+    expect(rejected.nth(2)).to_have_text("+0.10 (−0.05 to +0.25) chance")
+    expect(rejected.nth(2)).to_have_class("chance")
+    expect(rejected.nth(5)).to_have_text("rm-0002")
     expect(page.locator('#reward-models tr[data-version="rm-0001"] td').nth(1)).to_have_text("–")
     expect(page.locator("#reward-models")).to_contain_text("rm-0002 is current")
     assert page.errors == []

@@ -30,12 +30,11 @@ from feedback.models import RewardModelStatus, RewardModelVersion
 from feedback.queries import reward_models as registry
 from trainer.data import Pair
 from trainer.reward.model import CONFIG_FILE, RewardModel
-from trainer.reward.train import evaluate_reward_model
+from trainer.reward.train import HELDOUT_FIGURES, evaluate_reward_model
 
 logger = logging.getLogger(__name__)
 
 LEGACY_POINTER = "CURRENT"
-HELDOUT = ("accuracy", "loss", "ece", "pairs")  # the figures the registry keeps
 _VERSION = re.compile(r"rm-(\d+)")
 
 
@@ -44,6 +43,7 @@ class Registration(NamedTuple):
     path: Path  # the new model's directory
     in_use: Path  # the current model's directory now: `path` if kept, else the old one's
     kept: bool  # whether the new model became current
+    heldout: dict[str, Any]  # the in-use model's figures on the validation pairs (NaN: None)
 
 
 def reward_models_dir(data_dir: Path) -> Path:
@@ -112,8 +112,10 @@ def register_reward_model(engine: Engine, model: RewardModel, *, data_dir: Path,
             session, version=path.name, path=str(path.resolve()), backbone=model.kind,
             actor=actor, status=RewardModelStatus.current if kept else RewardModelStatus.rejected,
             parent_version=current_version, data_window=data_window,
-            heldout={k: figures[k] for k in HELDOUT}, detail=verdict)
-    return Registration(path.name, path, path if kept else current_path, kept)
+            heldout={k: figures[k] for k in HELDOUT_FIGURES}, detail=verdict)
+    in_use = figures if kept else theirs
+    return Registration(path.name, path, path if kept else current_path, kept,
+                        registry.finite_figures({k: in_use[k] for k in HELDOUT_FIGURES}))
 
 
 def _reserve(root: Path, taken: Sequence[str]) -> Path:
@@ -171,5 +173,5 @@ def _import(session, path: Path, status: RewardModelStatus) -> None:
     registry.register_reward_model(
         session, version=path.name, path=str(path.resolve()), backbone=config["backbone"],
         actor="import", status=status,
-        heldout={k: heldout.get(k) for k in HELDOUT} if heldout else None,
+        heldout={k: heldout.get(k) for k in HELDOUT_FIGURES} if heldout else None,
         detail={"imported_from": str(path.parent / LEGACY_POINTER)})

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from feedback.stats import paired_mean_ci
 from trainer.configs import RewardConfig
 from trainer.data import Label, Pair
 from trainer.distributed import ONE_PROCESS, DataParallel, data_parallel
@@ -23,6 +24,8 @@ from trainer.rlhf.reward_losses import (
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int | None], None]  # (steps done, total steps)
+# The held-out figures a model keeps with it and the registry shows.
+HELDOUT_FIGURES = ("accuracy", "loss", "ece", "margin", "margin_low", "margin_high", "pairs")
 STATS_SAMPLE = 2048  # answers scored for the reward mean/std when nothing is held out
 
 
@@ -118,7 +121,7 @@ def train_reward_model(train_pairs: Sequence[Pair], heldout_pairs: Sequence[Pair
                    train_pairs_per_s=round(len(train_pairs) * config.epochs / train_seconds, 2),
                    train_cpu_seconds=round(cpu_seconds, 2),
                    reward_mean=model.reward_mean, reward_std=model.reward_std)
-    model.metrics = {"heldout": {k: metrics[k] for k in ("accuracy", "loss", "ece", "pairs")},
+    model.metrics = {"heldout": {k: metrics[k] for k in HELDOUT_FIGURES},
                      "config": config.to_dict()}
     return model, metrics
 
@@ -163,18 +166,28 @@ def _initial_model(config: RewardConfig, warm_start: str | Path | None) -> Rewar
 def evaluate_reward_model(model: RewardModel, pairs: Sequence[Pair], *,
                           batch_size: int = 64, dp: DataParallel = ONE_PROCESS
                           ) -> dict[str, Any]:
-    """Accuracy, Bradley–Terry loss and calibration (ECE) of the model on `pairs`, and
-    pairs scored per second. Empty `pairs` give NaN figures. With `dp`, every rank calls it
-    with the same pairs and scores its part of them."""
+    """Accuracy, Bradley–Terry loss and calibration (ECE) of the model on `pairs`, its
+    margin, and pairs scored per second. Empty `pairs` give NaN figures. With `dp`, every
+    rank calls it with the same pairs and scores its part of them.
+
+    The margin is the mean of the chosen answer's reward minus the rejected one's, in
+    units of the rewards' standard deviation, with a 95% bootstrap interval (`margin_low`,
+    `margin_high`). It tells a model that agrees with the voters from one that does not
+    where accuracy cannot: a pair whose answers the voters like alike gets a coin-flip
+    label, which costs a good model accuracy but not margin (it scores the two alike)."""
     start = time.perf_counter()
     chosen, rejected = _pair_rewards(model, pairs, batch_size, dp)
     seconds = time.perf_counter() - start
     if not pairs:
         nan = float("nan")
-        return {"accuracy": nan, "loss": nan, "ece": nan, "pairs": 0, "eval_pairs_per_s": nan}
+        return {"accuracy": nan, "loss": nan, "ece": nan, "margin": nan, "margin_low": nan,
+                "margin_high": nan, "pairs": 0, "eval_pairs_per_s": nan}
+    spread = float(torch.cat([chosen, rejected]).std()) if len(pairs) > 1 else 0.0
+    margin, low, high = paired_mean_ci(((chosen - rejected) / max(spread, 1e-6)).tolist())
     return {"accuracy": float(pairwise_accuracy(chosen, rejected)),
             "loss": float(bradley_terry_loss(chosen, rejected)),
             "ece": float(expected_calibration_error(chosen, rejected)),
+            "margin": margin, "margin_low": low, "margin_high": high,
             "pairs": len(pairs),
             "eval_pairs_per_s": round(len(pairs) / max(seconds, 1e-9), 2)}
 

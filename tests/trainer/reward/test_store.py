@@ -20,6 +20,7 @@ from trainer.reward import (
 )
 from trainer.reward.model import CONFIG_FILE
 from trainer.reward.store import import_legacy_reward_models
+from trainer.reward.train import HELDOUT_FIGURES
 
 WINDOW = {"since": None, "until": "2026-01-02T03:04:05+00:00", "pairs": 48,
           "heldout_pairs": 32}
@@ -67,8 +68,10 @@ def test_a_worse_model_is_registered_rejected(engine, tmp_path, trained, untrain
     first = rows["rm-0001"]
     assert first.backbone == "minilm" and first.data_window == WINDOW
     assert first.path == str(good.path.resolve())
-    assert first.heldout == {k: model.metrics["heldout"][k]
-                             for k in ("accuracy", "loss", "ece", "pairs")}
+    assert first.heldout == {k: model.metrics["heldout"][k] for k in HELDOUT_FIGURES}
+    # what each registration reports in use: the kept model's figures, else the current's
+    assert good.heldout == worse.heldout == first.heldout
+    assert good.heldout["margin_low"] > 0
     assert verdict.action == "rejected" and verdict.actor == "scheduler"
     assert verdict.detail["compared_with"] == "rm-0001" and verdict.detail["pairs"] == 32
     assert verdict.detail["accuracy"] < verdict.detail["current_accuracy"]
@@ -78,10 +81,11 @@ def test_without_heldout_pairs_the_new_model_is_kept(engine, tmp_path, untrained
     _register(engine, tmp_path, untrained, [])
     second = _register(engine, tmp_path, untrained, [])
     assert second.kept and second.version == "rm-0002"
+    assert second.heldout["pairs"] == 0 and second.heldout["margin_low"] is None
     with session_scope(engine) as session:
         row = rq.get_reward_model(session, version="rm-0002")
         made_current = rq.reward_model_audit_events(session, version="rm-0002")[0]
-    assert row.heldout == {"accuracy": None, "loss": None, "ece": None, "pairs": 0}
+    assert row.heldout == {**dict.fromkeys(HELDOUT_FIGURES), "pairs": 0}
     assert made_current.detail == {"compared_with": None, "reason": "no held-out pairs"}
 
 
