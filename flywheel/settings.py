@@ -91,8 +91,8 @@ class Settings(BaseSettings):
     # candidate better than the live adapter with 95% confidence; -1 turns it off
     auto_promote_min_win_rate_low: float = 0.5
     # ... and the reward model that judged it must agree with the voters beyond chance: the
-    # low end of its held-out margin's 95% interval at least this (in reward std units;
-    # no held-out pairs count as -inf); -inf turns it off
+    # low end of its held-out margin's 90% interval (a one-sided 95% bound) at least this
+    # (in reward std units; no held-out pairs count as -inf); -inf turns it off
     auto_promote_min_reward_margin_low: float = 0.0
     auto_promote_max_kl: float = 5.0  # nats per answer to the base model
     auto_promote_max_degenerate: float = 0.1  # share of empty or degenerate answers

@@ -346,7 +346,7 @@ def promotion_gate(settings: Settings, report: dict) -> tuple[bool, dict]:
 
     That judgement is only as good as the reward model, which trained the candidate too:
     one that learned nothing from the votes still prefers what it trained. So the low end
-    of its held-out margin's 95% interval (`trainer.reward.evaluate_reward_model`) must
+    of its held-out margin's 90% interval (`trainer.reward.evaluate_reward_model`) must
     reach `auto_promote_min_reward_margin_low`; a model with no held-out pairs cannot show
     that (its low end counts as -inf)."""
     judged = report["reward_model_win_rate"]

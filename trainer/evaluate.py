@@ -128,7 +128,7 @@ def _judged_by(report: dict) -> list[str]:
                 f"{f' {name}' if name else ''}:", ""]
     lines = [f"On {report['prompts']} held-out prompts, judged by the reward model {name} "
              f"(on its {heldout['pairs']} held-out pairs: accuracy {heldout['accuracy']:.0%}, "
-             f"margin {heldout['margin']:+.2f}, 95% CI {heldout['margin_low']:+.2f} to "
+             f"margin {heldout['margin']:+.2f}, 90% CI {heldout['margin_low']:+.2f} to "
              f"{heldout['margin_high']:+.2f}):", ""]
     if heldout["margin_low"] <= 0:
         lines[:0] = ["**Warning: the reward model agrees with the voters no better than "

@@ -1,7 +1,7 @@
 // The console's reward-models panel: every reward model in the registry, newest first,
 // which one is current, its accuracy and margin on the held-out split (the same
 // conversations for every version, so versions compare), the pairs it trained on and the
-// model that was current before it. A margin whose 95% interval reaches zero is marked: that
+// model that was current before it. A margin whose 90% interval reaches zero is marked: that
 // model agrees with the voters no better than chance, and the auto-promotion gate will not
 // take its word. Servers without GET /api/reward-models say "not available".
 import { describeError, h } from "./api.js";
@@ -65,7 +65,7 @@ export async function rewardModelsPanel({ api }) {
       : "No reward model is current."),
     h("table", { class: "data reward-models" },
       h("thead", {}, h("tr", {}, ...["Version", "Status", "Held-out accuracy",
-        "Held-out margin (95% CI)", "Held-out pairs", "Training pairs", "Parent", "Created"].map((t) =>
+        "Held-out margin (90% CI)", "Held-out pairs", "Training pairs", "Parent", "Created"].map((t) =>
         h("th", { scope: "col" }, t)))),
       h("tbody", {}, models.map(row))));
 }

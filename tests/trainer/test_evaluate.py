@@ -77,11 +77,11 @@ def test_the_report_names_its_reward_model_and_warns_when_it_is_at_chance(policy
     page = render_markdown({**report, "reward_model": "rm-0005",
                             "reward_model_heldout": heldout})
     assert ("judged by the reward model rm-0005 (on its 124 held-out pairs: accuracy 60%, "
-            "margin +0.17, 95% CI -0.00 to +0.35)") in page
+            "margin +0.17, 90% CI -0.00 to +0.35)") in page
     assert "no better than chance" in page.split("| measure")[0]
     trusted = render_markdown({**report, "reward_model": "rm-0005",
                                "reward_model_heldout": {**heldout, "margin_low": 0.02}})
-    assert "95% CI +0.02 to +0.35" in trusted and "Warning" not in trusted
+    assert "90% CI +0.02 to +0.35" in trusted and "Warning" not in trusted
 
 
 def test_evaluation_needs_prompts(policy):

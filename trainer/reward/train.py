@@ -171,10 +171,12 @@ def evaluate_reward_model(model: RewardModel, pairs: Sequence[Pair], *,
     rank calls it with the same pairs and scores its part of them.
 
     The margin is the mean of the chosen answer's reward minus the rejected one's, in
-    units of the rewards' standard deviation, with a 95% bootstrap interval (`margin_low`,
-    `margin_high`). It tells a model that agrees with the voters from one that does not
-    where accuracy cannot: a pair whose answers the voters like alike gets a coin-flip
-    label, which costs a good model accuracy but not margin (it scores the two alike)."""
+    units of the rewards' standard deviation, with a 90% bootstrap interval (`margin_low`,
+    `margin_high`): a low end above zero says the model agrees with the voters beyond
+    chance, by a one-sided test at the 5% level. It tells a model that agrees with them
+    from one that does not where accuracy cannot: a pair whose answers the voters like
+    alike gets a coin-flip label, which costs a good model accuracy but not margin (it
+    scores the two alike)."""
     start = time.perf_counter()
     chosen, rejected = _pair_rewards(model, pairs, batch_size, dp)
     seconds = time.perf_counter() - start
@@ -183,7 +185,8 @@ def evaluate_reward_model(model: RewardModel, pairs: Sequence[Pair], *,
         return {"accuracy": nan, "loss": nan, "ece": nan, "margin": nan, "margin_low": nan,
                 "margin_high": nan, "pairs": 0, "eval_pairs_per_s": nan}
     spread = float(torch.cat([chosen, rejected]).std()) if len(pairs) > 1 else 0.0
-    margin, low, high = paired_mean_ci(((chosen - rejected) / max(spread, 1e-6)).tolist())
+    margin, low, high = paired_mean_ci(((chosen - rejected) / max(spread, 1e-6)).tolist(),
+                                       level=0.9)
     return {"accuracy": float(pairwise_accuracy(chosen, rejected)),
             "loss": float(bradley_terry_loss(chosen, rejected)),
             "ece": float(expected_calibration_error(chosen, rejected)),

@@ -58,7 +58,7 @@ def test_the_margin_is_the_mean_reward_difference_in_reward_std_units():
     spread = math.sqrt(8 * 0.25 / 7)  # rewards 1,1,0,1 and 0,0,1,0: std 0.5345
     assert figures["accuracy"] == 0.75
     assert figures["margin"] == pytest.approx((1 + 1 - 1 + 1) / 4 / spread)
-    assert figures["margin_low"] < 0 < figures["margin_high"]  # four pairs prove nothing
+    assert figures["margin_low"] <= 0 < figures["margin_high"]  # four pairs prove nothing
     assert evaluate_reward_model(model, pairs * 10)["margin_low"] > 0  # forty do
 
 
@@ -75,7 +75,7 @@ def test_ties_in_the_votes_cost_a_good_model_accuracy_but_not_its_margin():
     lucky = FixedRewards({"kind": 0.0, "rude": 1.0, "plain": 1.0, "dull": 0.0})
     noise = _pairs(*[("kind", "rude")] * 15, *[("plain", "dull")] * 25)
     figures = evaluate_reward_model(lucky, noise)
-    assert figures["accuracy"] == 0.625 and figures["margin_low"] < 0
+    assert figures["accuracy"] == 0.625 and figures["margin_low"] <= 0
 
 
 def test_no_heldout_pairs_give_no_figures():
