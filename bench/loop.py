@@ -171,8 +171,8 @@ def main() -> None:
                   "turns_per_s": [c["turns_per_s"] for c in crowd]},
         "cycle_runs": [{k: c[k] for k in ("run_id", "status", "version", "promoted", "minutes",
                                           "votes_used", "reward_accuracy", "reward_margin_low",
-                                          "rm_win_rate",
-                                          "rm_win_rate_low", "kl_to_base", "judge") if k in c}
+                                          "rm_win_rate", "rm_win_rate_low", "kl_to_base",
+                                          "judge") if k in c}
                        for c in cycles],
         "data_dir": str(data_dir)}))
 

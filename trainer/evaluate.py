@@ -121,14 +121,13 @@ def render_markdown(report: dict) -> str:
 def _judged_by(report: dict) -> list[str]:
     """Which reward model judged (the cycle adds it to the report) and how it did on its
     held-out pairs, with a warning when its margin there is no better than chance."""
-    name = report.get("reward_model")
+    judge = " ".join(filter(None, ("the reward model", report.get("reward_model"))))
     heldout = report.get("reward_model_heldout") or {}
     if heldout.get("margin_low") is None:
-        return [f"On {report['prompts']} held-out prompts, judged by the reward model"
-                f"{f' {name}' if name else ''}:", ""]
-    lines = [f"On {report['prompts']} held-out prompts, judged by the reward model {name} "
-             f"(on its {heldout['pairs']} held-out pairs: accuracy {heldout['accuracy']:.0%}, "
-             f"margin {heldout['margin']:+.2f}, 90% CI {heldout['margin_low']:+.2f} to "
+        return [f"On {report['prompts']} held-out prompts, judged by {judge}:", ""]
+    lines = [f"On {report['prompts']} held-out prompts, judged by {judge} (on its "
+             f"{heldout['pairs']} held-out pairs: accuracy {heldout['accuracy']:.0%}, margin "
+             f"{heldout['margin']:+.2f}, 90% CI {heldout['margin_low']:+.2f} to "
              f"{heldout['margin_high']:+.2f}):", ""]
     if heldout["margin_low"] <= 0:
         lines[:0] = ["**Warning: the reward model agrees with the voters no better than "

@@ -173,5 +173,5 @@ def _import(session, path: Path, status: RewardModelStatus) -> None:
     registry.register_reward_model(
         session, version=path.name, path=str(path.resolve()), backbone=config["backbone"],
         actor="import", status=status,
-        heldout={k: heldout.get(k) for k in HELDOUT_FIGURES} if heldout else None,
+        heldout={k: heldout[k] for k in HELDOUT_FIGURES if k in heldout} if heldout else None,
         detail={"imported_from": str(path.parent / LEGACY_POINTER)})

@@ -181,9 +181,8 @@ def evaluate_reward_model(model: RewardModel, pairs: Sequence[Pair], *,
     chosen, rejected = _pair_rewards(model, pairs, batch_size, dp)
     seconds = time.perf_counter() - start
     if not pairs:
-        nan = float("nan")
-        return {"accuracy": nan, "loss": nan, "ece": nan, "margin": nan, "margin_low": nan,
-                "margin_high": nan, "pairs": 0, "eval_pairs_per_s": nan}
+        return {**dict.fromkeys((*HELDOUT_FIGURES, "eval_pairs_per_s"), float("nan")),
+                "pairs": 0}
     spread = float(torch.cat([chosen, rejected]).std()) if len(pairs) > 1 else 0.0
     margin, low, high = paired_mean_ci(((chosen - rejected) / max(spread, 1e-6)).tolist(),
                                        level=0.9)
