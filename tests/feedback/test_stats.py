@@ -1,4 +1,7 @@
+import math
+
 import pytest
+import torch
 
 from feedback.stats import paired_mean_ci, win_rate
 
@@ -39,3 +42,25 @@ def test_paired_mean_ci():
     assert mean == 0 and low < 0 < high
     with pytest.raises(ValueError):
         paired_mean_ci([])
+
+
+def test_win_rate_interval_matches_the_normal_approximation_for_many_battles():
+    result = win_rate(5000, 3000, 2000)  # p = 0.6; outcomes 1, 0, ½ with shares .5 .3 .2
+    spread = math.sqrt((0.5 * 0.4 ** 2 + 0.3 * 0.6 ** 2 + 0.2 * 0.1 ** 2) / 10_000)
+    assert result.low == pytest.approx(0.6 - 1.96 * spread, abs=0.002)
+    assert result.high == pytest.approx(0.6 + 1.96 * spread, abs=0.002)
+
+
+def test_paired_mean_ci_matches_the_normal_approximation_and_a_seed_repeats_it():
+    deltas = [float(i % 7) for i in range(5000)]  # mean 3 (nearly), std 2
+    mean, low, high = paired_mean_ci(deltas, level=0.9)
+    assert low == pytest.approx(mean - 1.645 * 2 / math.sqrt(5000), abs=0.01)
+    assert high == pytest.approx(mean + 1.645 * 2 / math.sqrt(5000), abs=0.01)
+    assert paired_mean_ci(deltas, seed=3) == paired_mean_ci(deltas, seed=3)
+
+
+def test_the_bootstraps_leave_the_global_generator_alone():
+    before = torch.random.get_rng_state()
+    win_rate(12, 9, 3)
+    paired_mean_ci([0.5, -0.2, 1.0])
+    assert torch.equal(torch.random.get_rng_state(), before)
