@@ -53,7 +53,7 @@ from trainer.demonstrations import demonstrations
 from trainer.dpo import DPOConfig
 from trainer.evaluate import EvalConfig, evaluate_candidate, render_markdown
 from trainer.parallel_stages import train_policy_on, train_reward_model_on
-from trainer.policy_stage import METHODS, PolicyRecipe, train_policy
+from trainer.policy_stage import METHODS, PolicyRecipe, register_policy_adapter, train_policy
 from trainer.ppo import PPOConfig, PPOState, prepare_policy
 from trainer.reward import (
     RewardConfig,
@@ -259,12 +259,9 @@ def _train(settings: Settings, engine: Engine, config: CycleConfig, run_id: int)
     if result.state is not None:
         save_state(training_state_path(settings.data_dir, version), result.state)
     with session_scope(engine) as session:
-        stored = store.save(result.model, version, adapter_name="default",
-                            parent=live_version, base_model=settings.model)
-        registry.register_adapter(session, version=version, base_model=settings.model,
-                                  path=str(stored.path.resolve()), sha256=stored.sha256,
-                                  parent_version=live_version, status="candidate",
-                                  reward_model_version=rm_dir.name)
+        register_policy_adapter(session, store, result.model, version=version,
+                                parent=live_version, base_model=settings.model,
+                                status="candidate", reward_model_version=rm_dir.name)
         registry.set_eval_report(session, version=version,
                                  report={**report, "markdown": render_markdown(report)})
         summary = {**metrics, "eval": {k: v for k, v in report.items() if k != "samples"}}

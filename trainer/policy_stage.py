@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peft import PeftModel
+from sqlmodel import Session
 from transformers import PreTrainedTokenizerBase
 
+from feedback.queries import adapters as registry
+from flywheel.adapter_store import AdapterStore, StoredAdapter
 from trainer.data import Pair
 from trainer.demonstrations import Demonstration
 from trainer.dpo import DPOConfig, train_dpo, train_online_dpo
@@ -78,6 +81,22 @@ def train_policy(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, recipe: 
                              "timings": result.timings})
     return PolicyResult(result.model, recipe.method, result.stop_reason, result.timings,
                         state, sft_steps)
+
+
+def register_policy_adapter(session: Session, store: AdapterStore, model: PeftModel, *,
+                            version: str, parent: str | None, base_model: str, status: str,
+                            reward_model_version: str | None = None) -> StoredAdapter:
+    """Save the policy's "default" adapter as `version` (atomically: a half-written one is
+    never visible) and register it with its parent and the reward model that trained it
+    (None for DPO on collected pairs). The cycle registers candidates, `flywheel train`
+    adapters in training."""
+    stored = store.save(model, version, adapter_name="default", parent=parent,
+                        base_model=base_model)
+    registry.register_adapter(session, version=version, base_model=base_model,
+                              path=str(stored.path.resolve()), sha256=stored.sha256,
+                              parent_version=parent, status=status,
+                              reward_model_version=reward_model_version)
+    return stored
 
 
 def _collect(logs: list[dict[str, Any]], stage: str, progress: Progress

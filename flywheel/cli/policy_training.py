@@ -116,24 +116,16 @@ def train_ppo_command(
                            config, on_step=_print_step if dp.is_main else None)
         if not dp.is_main:  # rank 0 saves and registers
             return
-        stored = store.save(result.model, version, adapter_name="default", parent=parent,
-                            base_model=settings.model)
         summary = {"adapter": version, "stop_reason": result.stop_reason,
                    "steps": len(result.metrics), "final": result.metrics[-1],
                    "timings": result.timings}
-        with session_scope(engine) as session:
-            registry.register_adapter(session, version=version, base_model=settings.model,
-                                      path=str(stored.path), sha256=stored.sha256,
-                                      parent_version=parent, status="training",
-                                      reward_model_version=rm_version)
-            runs.finish_run(session, run_id=run_id, metrics=summary, adapter_version=version)
+        _register(engine, store, result.model, run_id=run_id, summary=summary,
+                  version=version, parent=parent, base_model=settings.model,
+                  reward_model_version=rm_version)
     except BaseException as e:
         if dp.is_main:
-            with session_scope(engine) as session:
-                runs.fail_run(session, run_id=run_id, error=f"{type(e).__name__}: {e}")
+            _fail(engine, run_id, e)
         raise
-    typer.echo(f"saved adapter {version} to {stored.path} (registered as training)")
-    typer.echo(json.dumps(summary))
 
 def train_dpo_command(
     ctx: typer.Context,
@@ -215,22 +207,39 @@ def train_dpo_command(
                            on_step=_print_step if dp.is_main else None)
         if not dp.is_main:  # rank 0 saves and registers
             return
-        stored = store.save(result.model, version, adapter_name="default", parent=parent,
-                            base_model=settings.model)
         summary = {"adapter": version, "steps": len(result.metrics),
                    "final": result.metrics[-1], "timings": result.timings}
-        with session_scope(engine) as session:
-            registry.register_adapter(session, version=version, base_model=settings.model,
-                                      path=str(stored.path), sha256=stored.sha256,
-                                      parent_version=parent, status="training")
-            runs.finish_run(session, run_id=run_id, metrics=summary, adapter_version=version)
+        _register(engine, store, result.model, run_id=run_id, summary=summary,
+                  version=version, parent=parent, base_model=settings.model)
     except BaseException as e:
         if dp.is_main:
-            with session_scope(engine) as session:
-                runs.fail_run(session, run_id=run_id, error=f"{type(e).__name__}: {e}")
+            _fail(engine, run_id, e)
         raise
+
+
+def _register(engine, store, model, *, run_id: int, summary: dict, version: str,
+              parent: str | None, base_model: str, reward_model_version: str | None = None
+              ) -> None:
+    """Save and register the trained adapter as "training", finish the run, and say so."""
+    from feedback.db import session_scope
+    from feedback.queries import runs
+    from trainer.policy_stage import register_policy_adapter
+
+    with session_scope(engine) as session:
+        stored = register_policy_adapter(session, store, model, version=version, parent=parent,
+                                         base_model=base_model, status="training",
+                                         reward_model_version=reward_model_version)
+        runs.finish_run(session, run_id=run_id, metrics=summary, adapter_version=version)
     typer.echo(f"saved adapter {version} to {stored.path} (registered as training)")
     typer.echo(json.dumps(summary))
+
+
+def _fail(engine, run_id: int, error: BaseException) -> None:
+    from feedback.db import session_scope
+    from feedback.queries import runs
+
+    with session_scope(engine) as session:
+        runs.fail_run(session, run_id=run_id, error=f"{type(error).__name__}: {error}")
 
 
 def _print_step(log: dict[str, float]) -> None:
