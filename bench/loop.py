@@ -24,7 +24,8 @@ preference picks; a tie counts half. Prints one JSON line:
                       95% interval, mean preference score, kl_to_base (nats per answer,
                       from the cycle's evaluation), votes_used (votes in the store when its
                       cycle read them), minutes (since the crowd started)
-  final_win_rate      the last promoted adapter's       (target >= 0.80 ...
+  final_version       the live adapter at the end: the last promoted one, else "base"
+  final_win_rate      its win rate (0.5 for the base)   (target >= 0.90 ...
   kl_cap, final_kl    ... with its KL under the cap, within 2,000 votes and 30 minutes)
   votes, minutes, cycles, promoted, crowd (the crowd's own figures)
 """
@@ -158,10 +159,11 @@ def main() -> None:
     promoted = [c for c in cycles if c["promoted"]]
     curve = _judge(data_dir, promoted, load_preference(args.preference), n=args.judge,
                    seed=args.seed)
-    final = curve[-1] if curve else {}
+    # With nothing promoted the base model stays live: it ties with itself, at no KL.
+    final = curve[-1] if curve else {"version": "base", "win_rate": 0.5, "kl_to_base": 0.0}
     print(json.dumps({
-        "curve": curve, "final_win_rate": final.get("win_rate"),
-        "final_kl": final.get("kl_to_base"),
+        "curve": curve, "final_version": final["version"], "final_win_rate": final["win_rate"],
+        "final_kl": final["kl_to_base"],
         "kl_cap": KL_CAP, "votes": votes, "minutes": round(minutes, 2), "cycles": len(cycles),
         "promoted": len(promoted), "careless": args.careless, "adversarial": args.adversarial,
         "preference": args.preference, "recipe": recipe,
