@@ -107,12 +107,14 @@ def train_reward_model(train_pairs: Sequence[Pair], heldout_pairs: Sequence[Pair
     cpu_seconds = time.process_time() - cpu_start
     model.eval()
 
-    # Normalisation statistics come from held-out answers (the training set when there
-    # is none), so that PPO sees rewards of about mean 0 and std 1 on fresh answers.
-    metrics = evaluate_reward_model(model, heldout_pairs, batch_size=config.eval_batch_size,
-                                    dp=dp)
-    stats_pairs = heldout_pairs or train_pairs[:STATS_SAMPLE // 2]
-    raw = torch.cat(_pair_rewards(model, stats_pairs, config.eval_batch_size, dp))
+    # Normalisation statistics come from the held-out answers' rewards (the training set's
+    # when nothing is held out), so that PPO sees rewards of about mean 0 and std 1 on
+    # fresh answers.
+    start = time.perf_counter()
+    heldout_rewards = _pair_rewards(model, heldout_pairs, config.eval_batch_size, dp)
+    metrics = _heldout_figures(*heldout_rewards, seconds=time.perf_counter() - start)
+    raw = torch.cat(heldout_rewards if heldout_pairs else _pair_rewards(
+        model, train_pairs[:STATS_SAMPLE // 2], config.eval_batch_size, dp))
     model.reward_mean = float(raw.mean())
     model.reward_std = float(raw.std()) if raw.numel() > 1 else 1.0
     model.reward_std = max(model.reward_std, 1e-6)
@@ -179,19 +181,25 @@ def evaluate_reward_model(model: RewardModel, pairs: Sequence[Pair], *,
     scores the two alike)."""
     start = time.perf_counter()
     chosen, rejected = _pair_rewards(model, pairs, batch_size, dp)
-    seconds = time.perf_counter() - start
+    return _heldout_figures(chosen, rejected, seconds=time.perf_counter() - start)
+
+
+def _heldout_figures(chosen: torch.Tensor, rejected: torch.Tensor, *, seconds: float
+                     ) -> dict[str, Any]:
+    """`evaluate_reward_model`'s figures from the rewards [N] of the chosen and of the
+    rejected answers, scored in `seconds`."""
+    pairs = len(chosen)
     if not pairs:
         return {**dict.fromkeys((*HELDOUT_FIGURES, "eval_pairs_per_s"), float("nan")),
                 "pairs": 0}
-    spread = float(torch.cat([chosen, rejected]).std()) if len(pairs) > 1 else 0.0
+    spread = float(torch.cat([chosen, rejected]).std()) if pairs > 1 else 0.0
     margin, low, high = paired_mean_ci(((chosen - rejected) / max(spread, 1e-6)).tolist(),
                                        level=0.9)
     return {"accuracy": float(pairwise_accuracy(chosen, rejected)),
             "loss": float(bradley_terry_loss(chosen, rejected)),
             "ece": float(expected_calibration_error(chosen, rejected)),
             "margin": margin, "margin_low": low, "margin_high": high,
-            "pairs": len(pairs),
-            "eval_pairs_per_s": round(len(pairs) / max(seconds, 1e-9), 2)}
+            "pairs": pairs, "eval_pairs_per_s": round(pairs / max(seconds, 1e-9), 2)}
 
 
 def _pair_rewards(model: RewardModel, pairs: Sequence[Pair], batch_size: int,
