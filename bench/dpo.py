@@ -21,17 +21,13 @@ Figures:
   flywheel_peak_mb, trl_peak_mb           peak resident memory (peak CUDA memory on a GPU)
 """
 
-import argparse
-import json
-import resource
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-from sides import fastest_of_rounds
+from sides import compare, peak_mb, side_parser
 
-from flywheel.model_loading import load_model, lora_config
+from flywheel.model_loading import lora_config
 
 TOPICS = ("lighthouses", "gardens", "trains", "rivers", "music", "bread", "winter", "maps")
 KIND = "Of course! {} are wonderful, and I am glad you asked. Here is what I know about them."
@@ -49,11 +45,6 @@ def pairs(n: int) -> list[dict]:
                      "rejected": [{"role": "assistant", "content": CURT.format(topic.title())}]})
     return rows
 
-
-def peak_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_flywheel(args, loaded) -> dict:
@@ -109,27 +100,8 @@ def run_trl(args, loaded) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir())
-                        / "flywheel-bench-models")
-    parser.add_argument("--side", choices=["flywheel", "trl"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.side:
-        loaded = load_model(args.model, models_dir=args.models_dir)
-        run = run_flywheel if args.side == "flywheel" else run_trl
-        print(json.dumps(run(args, loaded)))
-        return
-    figures = {"model": args.model, "steps": args.steps, "batch": args.batch,
-               "lora_r": args.lora_r, "device": "cuda" if torch.cuda.is_available()
-               else f"cpu ({torch.get_num_threads()} threads)"}
-    figures.update(fastest_of_rounds(__file__, args.rounds, "pairs_per_s"))
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                      for k, v in figures.items()}))
+    args = side_parser(__doc__.splitlines()[0], steps=8, batch=8).parse_args()
+    compare(__file__, args, flywheel=run_flywheel, trl=run_trl, rate="pairs_per_s", figures={})
 
 
 if __name__ == "__main__":

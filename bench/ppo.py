@@ -22,17 +22,13 @@ Figures:
   flywheel_peak_mb, trl_peak_mb               peak resident memory (peak CUDA memory on a GPU)
 """
 
-import argparse
-import json
-import resource
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-from sides import fastest_of_rounds
+from sides import compare, peak_mb, side_parser
 
-from flywheel.model_loading import load_model, lora_config
+from flywheel.model_loading import lora_config
 
 TOPICS = ("lighthouses", "gardens", "trains", "rivers", "music", "bread", "winter", "maps")
 
@@ -46,11 +42,6 @@ def reward(completions: list[str]) -> list[float]:
     """A cheap stand-in for a reward model: shorter words score higher."""
     return [-sum(map(len, c.split())) / max(1, len(c.split())) for c in completions]
 
-
-def peak_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_flywheel(args, loaded) -> dict:
@@ -122,30 +113,11 @@ def run_trl(args, loaded) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=16)
+    parser = side_parser(__doc__.splitlines()[0], steps=4, batch=16)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir())
-                        / "flywheel-bench-models")
-    parser.add_argument("--side", choices=["flywheel", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.side:
-        torch.manual_seed(0)
-        loaded = load_model(args.model, models_dir=args.models_dir)
-        run = run_flywheel if args.side == "flywheel" else run_trl
-        print(json.dumps(run(args, loaded)))
-        return
-    figures = {"model": args.model, "steps": args.steps, "batch": args.batch,
-               "new_tokens": args.new_tokens, "lora_r": args.lora_r,
-               "trl_trainer": "RLOOTrainer", "device": "cuda" if torch.cuda.is_available()
-               else f"cpu ({torch.get_num_threads()} threads)"}
-    figures.update(fastest_of_rounds(__file__, args.rounds, "samples_per_s"))
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                      for k, v in figures.items()}))
+    compare(__file__, args, flywheel=run_flywheel, trl=run_trl, rate="samples_per_s",
+            figures={"new_tokens": args.new_tokens, "trl_trainer": "RLOOTrainer"})
 
 
 if __name__ == "__main__":
