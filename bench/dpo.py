@@ -46,7 +46,6 @@ def pairs(n: int) -> list[dict]:
     return rows
 
 
-
 def run_flywheel(args, loaded) -> dict:
     from trainer.data import Pair
     from trainer.dpo import DPOConfig, train_dpo

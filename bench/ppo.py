@@ -43,7 +43,6 @@ def reward(completions: list[str]) -> list[float]:
     return [-sum(map(len, c.split())) / max(1, len(c.split())) for c in completions]
 
 
-
 def run_flywheel(args, loaded) -> dict:
     from trainer.ppo import PPOConfig, prepare_policy, train_ppo
 
